@@ -1,0 +1,37 @@
+"""Exceptions raised by gearshift's core.
+
+Every error a user can cause by configuration says what was wrong and what is allowed, so
+that a CLI can print ``str(error)`` as one line and a library user can fix the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class GearshiftError(Exception):
+    """Base class of gearshift's own errors."""
+
+
+class UnknownStrategyError(GearshiftError, ValueError):
+    """A strategy name that no built-in or installed plugin provides."""
+
+    def __init__(self, name: str, available: Iterable[str]) -> None:
+        self.name = name
+        self.available = sorted(available)
+        super().__init__(
+            f"unknown strategy {name!r}; available strategies: {', '.join(self.available) or '(none)'}"
+        )
+
+
+class StrategyUnavailableError(GearshiftError, RuntimeError):
+    """A known strategy that cannot run on this platform (``fork`` where ``os.fork`` is missing)."""
+
+
+class PluginError(GearshiftError, RuntimeError):
+    """A third-party plugin is broken: it failed to import, or returned something that is not a
+    Strategy, or clashes with another plugin's strategy name.
+
+    The message names the entry point and the distribution that shipped it, because that is
+    what the user has to uninstall or fix.
+    """

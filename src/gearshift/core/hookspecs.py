@@ -1,0 +1,46 @@
+"""The hooks a gearshift plugin can implement. Read this file top to bottom to know the contract.
+
+A plugin is any module or object with functions marked ``@gearshift.hookimpl`` whose names are
+the hook names below. Built-in strategies are plugins registered exactly like third-party ones;
+third parties are found through the ``gearshift.strategies`` entry-point group, whose entries name
+a module or object to register::
+
+    [project.entry-points."gearshift.strategies"]
+    reversed = "myplugin"
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .strategy import Strategy
+
+PROJECT = "gearshift"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marks a plugin function as an implementation of one of the hooks below.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gearshift_strategies() -> list[type[Strategy]]:
+    """Return the Strategy subclasses this plugin provides.
+
+    Called once per plugin when the registry is built. Each class must subclass
+    :class:`gearshift.Strategy` and have a non-empty ``name`` that no other plugin uses; a
+    violation raises :class:`gearshift.PluginError` naming this plugin, rather than being ignored.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def gearshift_add_options(parser: Any) -> None:
+    """Add command-line options to the ``gearshift`` command's ``argparse`` parser.
+
+    Called once when the command builds its parser. Add an argument group for your strategy; an
+    option whose ``dest`` matches a keyword option of your strategy's ``__init__`` reaches the
+    strategy when it is the one selected (options left at ``None`` are not passed).
+    """

@@ -1,0 +1,140 @@
+"""Listening sockets: TCP over IPv4 and IPv6, and Unix stream sockets.
+
+The address decides the family the way a user expects, with no ``address_family`` class
+attribute to override: a ``str`` or ``os.PathLike`` is a Unix socket path; a ``(host, port)``
+whose host is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else is IPv4.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+from typing import Any
+
+log = logging.getLogger("gearshift")
+
+#: The kernel caps the backlog at net.core.somaxconn; ask for plenty so bursts of connections
+#: wait in the kernel instead of being dropped and retried a second later (the stdlib asks for 5).
+DEFAULT_BACKLOG = 1024
+
+
+def family_for(address: Any) -> socket.AddressFamily:
+    """The address family a server address belongs to."""
+    if isinstance(address, (str, bytes, os.PathLike)):
+        if not hasattr(socket, "AF_UNIX"):
+            raise ValueError("Unix socket paths are not supported on this platform")
+        return socket.AF_UNIX
+    if not isinstance(address, tuple) or len(address) < 2:
+        raise ValueError(f"server address must be (host, port) or a Unix socket path, not {address!r}")
+    host = address[0]
+    if host in ("", None):
+        return socket.AF_INET
+    try:
+        socket.inet_pton(socket.AF_INET6, host)
+        return socket.AF_INET6
+    except (OSError, TypeError):
+        pass
+    try:
+        infos = socket.getaddrinfo(host, address[1], 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve host {host!r}: {exc.strerror}") from exc
+    families = {info[0] for info in infos}
+    return socket.AF_INET if socket.AF_INET in families else socket.AF_INET6
+
+
+def create_listener(address: Any, *, reuse_address: bool = True, reuse_port: bool = False,
+                    backlog: int = DEFAULT_BACKLOG, bind_and_activate: bool = True) -> socket.socket:
+    """A non-blocking listening socket bound to ``address``.
+
+    With ``bind_and_activate=False`` the socket is created but not bound, as in socketserver.
+    """
+    family = family_for(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            if reuse_address:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if bind_and_activate:
+            bind(sock, address)
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind(sock: socket.socket, address: Any) -> None:
+    """Bind ``sock``; for Unix sockets, first remove a stale socket file nobody listens on."""
+    if sock.family == socket.AF_UNIX:
+        _remove_stale_unix_socket(os.fsdecode(address))
+    sock.bind(address)
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.debug("removing stale Unix socket %s", path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another server is listening on {path}")
+
+
+#: Errors from ``accept()`` that concern one connection (or none), not the listener.
+TRANSIENT_ACCEPT_ERRORS = (BlockingIOError, InterruptedError, ConnectionAbortedError)
+
+
+#: errnos meaning "out of descriptors or memory": back off instead of spinning on a ready listener.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Waker:
+    """A socketpair that wakes a selector from any thread (or a signal handler).
+
+    Why: ``select()`` with a timeout makes ``shutdown()`` wait up to ``poll_interval``; writing one
+    byte here makes it return at once. Writes never block: if the buffer is full, a wake-up is
+    already pending.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()

@@ -1,0 +1,529 @@
+"""The server: one selector-based accept loop; the strategy decides how connections are processed.
+
+``Server`` keeps ``socketserver.BaseServer``'s life-cycle methods, with the same names and
+meanings, so stdlib request handlers and habits carry over::
+
+    serve_forever()                 handle_request()
+      -> (listener readable)          -> one connection or timeout -> handle_timeout()
+         verify_request()
+         process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
+                                        finish_request()  -> RequestHandlerClass(request, addr, server)
+                                        handle_error()    (if the handler raised)
+                                        shutdown_request() -> close_request(), or back to the loop
+      service_actions()  -> strategy.service_actions()   (every turn: reap finished workers)
+    shutdown()    -> wakes the loop through a socketpair; returns once serve_forever() has stopped
+    server_close() -> closes listeners and idle connections, then strategy.close() drains
+
+What it does better than socketserver: the strategy is an object chosen by name with validated
+options (no mixin order, no mutable class attributes); ``shutdown()`` wakes the selector instead
+of waiting out ``poll_interval``; a handler can return an idle connection to the loop
+(:meth:`Server.resume_when_readable`) so that keep-alive connections do not pin a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .listeners import (
+    DEFAULT_BACKLOG,
+    RESOURCE_ERRNOS,
+    TRANSIENT_ACCEPT_ERRORS,
+    Waker,
+    bind,
+    create_listener,
+)
+from .plugins import resolve_strategy
+from .strategy import Address, Strategy
+
+log = logging.getLogger("gearshift")
+
+#: How many connections one readiness event of a listener may accept before the loop looks at
+#: its other work again: enough to absorb a burst, few enough to stay fair to idle connections.
+ACCEPT_BATCH = 32
+
+
+class Server:
+    """A socketserver-compatible server whose concurrency model is a strategy chosen by name.
+
+    ``Server(("127.0.0.1", 8000), MyHandler, strategy="thread", daemon_threads=True)``
+
+    ``server_address`` is ``(host, port)`` (IPv4, or IPv6 when the host is an IPv6 literal) or a
+    filesystem path for a Unix stream socket. Keyword ``options`` go to the strategy; a name it
+    does not accept raises ``TypeError`` listing the ones it does. ``listener`` adopts an
+    already-bound listening socket instead of binding ``server_address`` (socket activation,
+    ``--fd``). ``drain_timeout`` bounds how long ``server_close()`` waits for in-flight requests.
+    """
+
+    #: Seconds ``handle_request()`` waits before calling ``handle_timeout()``; None waits forever.
+    timeout: float | None = None
+    allow_reuse_address: bool = True
+    allow_reuse_port: bool = False
+    request_queue_size: int = DEFAULT_BACKLOG
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Callable[..., Any],
+        strategy: str | type[Strategy] = "sync",
+        *,
+        bind_and_activate: bool = True,
+        listener: socket.socket | None = None,
+        drain_timeout: float | None = None,
+        **options: Any,
+    ) -> None:
+        strategy_class = resolve_strategy(strategy)
+        strategy_class.check_options(options)
+        self.RequestHandlerClass = RequestHandlerClass
+        self.drain_timeout = _check_drain_timeout(drain_timeout)
+        self.server_address = server_address
+        self.listeners: list[socket.socket] = []
+        self._unix_paths: list[tuple[str, int, int]] = []  # (path, inode, creator pid) to unlink
+        self._loop: _LoopState | None = None
+        self._loop_thread: int | None = None
+        self._shutdown_requested = False
+        self._is_shut_down = threading.Event()
+        self._is_shut_down.set()
+        self._closed = False
+        # Connections returned to the loop by handlers (see resume_when_readable).
+        self._resume_marks: dict[socket.socket, tuple[Address, float | None]] = {}
+        self._resume_lock = threading.Lock()
+        self._resume_queue: deque[tuple[socket.socket, Address, float | None]] = deque()
+        self.strategy: Strategy = strategy_class(self, **options)
+        if listener is not None:
+            self.add_listener(listener)
+        else:
+            sock = create_listener(
+                server_address,
+                reuse_address=self.allow_reuse_address,
+                reuse_port=self.allow_reuse_port,
+                backlog=self.request_queue_size,
+                bind_and_activate=False,
+            )
+            self.listeners.append(sock)
+            if bind_and_activate:
+                try:
+                    self.server_bind()
+                    self.server_activate()
+                except BaseException:
+                    self.server_close()
+                    raise
+
+    # -- socketserver's set-up methods ----------------------------------------------------------
+
+    @property
+    def socket(self) -> socket.socket:
+        """The first listening socket (socketserver's attribute)."""
+        return self.listeners[0]
+
+    @property
+    def address_family(self) -> socket.AddressFamily:
+        return self.socket.family
+
+    @property
+    def socket_type(self) -> socket.SocketKind:
+        return self.socket.type
+
+    def server_bind(self) -> None:
+        """Bind the first listener to ``server_address`` and record the real address."""
+        bind(self.socket, self.server_address)
+        self.server_address = self.socket.getsockname()
+        if self.socket.family == getattr(socket, "AF_UNIX", None):
+            path = os.fsdecode(self.server_address)
+            with contextlib.suppress(OSError):
+                self._unix_paths.append((path, os.stat(path).st_ino, os.getpid()))
+
+    def server_activate(self) -> None:
+        self.socket.listen(self.request_queue_size)
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Serve connections from another already-listening socket in the same loop."""
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"gearshift serves stream sockets only, not {sock.type!r}")
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        if len(self.listeners) == 1:
+            self.server_address = sock.getsockname()
+        if self._loop is not None and self._loop.pid == os.getpid():
+            self._loop.selector.register(sock, selectors.EVENT_READ, _LISTENER)
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    # -- running the loop ----------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle connections until ``shutdown()``.
+
+        ``poll_interval`` is now only how often ``service_actions()`` runs while idle (reaping);
+        ``shutdown()`` does not wait for it.
+        """
+        self._is_shut_down.clear()
+        try:
+            self.strategy.serve(lambda: self._run_loop(poll_interval))
+        finally:
+            self._shutdown_requested = False
+            self._is_shut_down.set()
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever()`` and wait until it has returned.
+
+        Safe from any thread and from a signal handler: called on the loop's own thread (a
+        ``sync`` handler, a signal handler in the main thread) it only asks the loop to stop,
+        since waiting for itself would deadlock. After it returns no connection is accepted.
+        """
+        self._shutdown_requested = True
+        self.strategy.stop_serving()
+        loop = self._loop
+        if loop is not None and loop.pid == os.getpid():
+            loop.waker.wake()
+        if threading.get_ident() == self._loop_thread:
+            return
+        self._is_shut_down.wait()
+
+    def handle_request(self) -> None:
+        """Handle one connection event (a new connection or a resumed one), or time out after
+        ``self.timeout`` seconds and call ``handle_timeout()``."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        loop = self._enter_loop()
+        try:
+            while True:
+                self._take_resumed(loop)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                wait = loop.next_wait(remaining)
+                events = loop.selector.select(wait)
+                for key, _ in events:
+                    if key.data is _WAKER:
+                        loop.waker.drain()
+                    elif key.data is _LISTENER:
+                        if self._accept(key.fileobj, 1):  # type: ignore[arg-type]
+                            return
+                    else:
+                        self._resume(loop, key.data)
+                        return
+                self._expire_idle(loop)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.handle_timeout()
+                    return
+        finally:
+            self._loop_thread = None
+
+    def _run_loop(self, poll_interval: float) -> None:
+        loop = self._enter_loop()
+        try:
+            while not self._shutdown_requested:
+                self._take_resumed(loop)
+                events = loop.selector.select(loop.next_wait(poll_interval))
+                # Checked between select() and accept(): nothing is accepted after shutdown().
+                if self._shutdown_requested:
+                    break
+                for key, _ in events:
+                    data = key.data
+                    if data is _LISTENER:
+                        self._accept(key.fileobj, ACCEPT_BATCH)  # type: ignore[arg-type]
+                    elif data is _WAKER:
+                        loop.waker.drain()
+                    else:
+                        self._resume(loop, data)
+                    if self._shutdown_requested:
+                        break
+                self._expire_idle(loop)
+                self.service_actions()
+        finally:
+            self._loop_thread = None
+
+    def _enter_loop(self) -> _LoopState:
+        if self._closed:
+            raise ValueError("cannot serve on a closed server")
+        loop = self._loop
+        if loop is None or loop.pid != os.getpid():
+            # First loop in this process (also a prefork worker's): its own selector and waker,
+            # since an epoll set shared across fork() would mix the processes' registrations.
+            loop = _LoopState(os.getpid(), selectors.DefaultSelector(), Waker())
+            loop.selector.register(loop.waker, selectors.EVENT_READ, _WAKER)
+            for sock in self.listeners:
+                loop.selector.register(sock, selectors.EVENT_READ, _LISTENER)
+            self._loop = loop
+        self._loop_thread = threading.get_ident()
+        return loop
+
+    def _accept(self, listener: socket.socket, limit: int) -> int:
+        accepted = 0
+        while accepted < limit:
+            try:
+                request, client_address = listener.accept()
+            except TRANSIENT_ACCEPT_ERRORS:
+                break
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    # Out of descriptors: the listener stays readable, so pause instead of spinning.
+                    log.error("accept() failed: %s; pausing 100 ms", exc)
+                    time.sleep(0.1)
+                    break
+                raise
+            accepted += 1
+            if self.verify_request(request, client_address):
+                self._process(request, client_address)
+            else:
+                self.shutdown_request(request)
+            if self._shutdown_requested:
+                break
+        return accepted
+
+    def _process(self, request: socket.socket, client_address: Address) -> None:
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    # -- connections returned to the loop ------------------------------------------------------
+
+    def resume_when_readable(
+        self, request: socket.socket, client_address: Address, idle_timeout: float | None = None
+    ) -> bool:
+        """Ask the loop to take ``request`` back when the current handler finishes, watch it, and
+        hand it to the strategy again (``process_request``) when it has bytes to read; close it
+        if it stays idle ``idle_timeout`` seconds.
+
+        Called by a handler (HTTP keep-alive between requests) so that a waiting connection costs
+        a selector entry, not a thread or a turn of a ``sync`` loop. Returns False when the loop
+        cannot take it back (the handler runs in a forked child, or the server is closing): the
+        handler then keeps the connection itself or closes it.
+        """
+        loop = self._loop
+        if self._closed or loop is None or loop.pid != os.getpid():
+            return False
+        self._resume_marks[request] = (client_address, idle_timeout)
+        return True
+
+    def _hand_back(self, request: socket.socket, client_address: Address, idle_timeout: float | None) -> bool:
+        loop = self._loop
+        if loop is None or loop.pid != os.getpid():
+            return False
+        with self._resume_lock:
+            if self._closed:
+                return False
+            was_empty = not self._resume_queue
+            self._resume_queue.append((request, client_address, idle_timeout))
+        if was_empty and threading.get_ident() != self._loop_thread:
+            loop.waker.wake()
+        return True
+
+    def _take_resumed(self, loop: _LoopState) -> None:
+        if not self._resume_queue:
+            return
+        with self._resume_lock:
+            resumed = list(self._resume_queue)
+            self._resume_queue.clear()
+        now = time.monotonic()
+        for request, client_address, idle_timeout in resumed:
+            loop.park(request, client_address, None if idle_timeout is None else now + idle_timeout)
+
+    def _resume(self, loop: _LoopState, idle: _Idle) -> None:
+        loop.unpark(idle)
+        self._process(idle.request, idle.client_address)
+
+    def _expire_idle(self, loop: _LoopState) -> None:
+        for idle in loop.expired(time.monotonic()):
+            log.debug("closing connection from %s after its idle timeout", idle.client_address)
+            self.shutdown_request(idle.request)
+
+    # -- socketserver's per-request hooks ------------------------------------------------------
+
+    def verify_request(self, request: socket.socket, client_address: Address) -> bool:
+        """Return False to refuse a new connection before any work is spent on it."""
+        return True
+
+    def process_request(self, request: socket.socket, client_address: Address) -> None:
+        """Hand the connection to the strategy (override to wrap, as in socketserver)."""
+        self.strategy.process_request(request, client_address)
+
+    def finish_request(self, request: socket.socket, client_address: Address) -> None:
+        """Run the handler; called by the strategy in whatever thread or process it chose."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        """Done with ``request``: return it to the loop if its handler asked for that, else close."""
+        mark = self._resume_marks.pop(request, None)
+        if mark is not None and self._hand_back(request, *mark):
+            return
+        with contextlib.suppress(OSError):
+            # Explicit shutdown so that the client sees EOF even if a forked child or a
+            # leaked makefile() still holds the descriptor.
+            request.shutdown(socket.SHUT_WR)
+        self.close_request(request)
+
+    def close_request(self, request: socket.socket) -> None:
+        request.close()
+
+    def handle_error(self, request: socket.socket, client_address: Address) -> None:
+        """Log the exception being handled; the server keeps serving."""
+        log.exception("exception while processing a request from %s", client_address)
+
+    def handle_timeout(self) -> None:
+        """Called by ``handle_request()`` when ``timeout`` passes without a connection."""
+
+    def service_actions(self) -> None:
+        """Called every loop turn; lets the strategy reap finished workers."""
+        self.strategy.service_actions()
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def server_close(self) -> None:
+        """Stop listening, close idle connections, then drain in-flight requests.
+
+        The listeners close first so the port is free at once and no new connection queues up
+        behind a slow drain. How the drain waits is the strategy's (``block_on_close``); it waits
+        at most ``drain_timeout`` seconds when that is set.
+        """
+        if self._closed:
+            return
+        with self._resume_lock:
+            self._closed = True
+            resumed = list(self._resume_queue)
+            self._resume_queue.clear()
+        for sock in self.listeners:
+            sock.close()
+        for path, inode, pid in self._unix_paths:
+            if pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    if os.stat(path).st_ino == inode:
+                        os.unlink(path)
+        for request, _, _ in resumed:
+            self.shutdown_request(request)
+        loop = self._loop
+        if loop is not None and loop.pid == os.getpid():
+            for idle in loop.close_all():
+                self.shutdown_request(idle.request)
+        try:
+            self.strategy.close(self.drain_timeout)
+        finally:
+            if loop is not None and loop.pid == os.getpid():
+                loop.selector.close()
+                loop.waker.close()
+            self._loop = None
+
+    def detach_loop(self) -> None:
+        """In a forked child that will not run this server's loop: close this process's copies of
+        the listeners, wake-up socket, selector and idle connections, touching nothing the parent
+        owns (no ``shutdown()`` of shared connections, no unlinking of a Unix socket path).
+
+        Why: a child that outlives the parent's ``server_close()`` (a keep-alive connection, a
+        slow request) must not keep the port bound or accept connections of its own.
+        """
+        for sock in self.listeners:
+            sock.close()
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            # Only close: unregistering would edit the epoll set this process shares with the parent.
+            for idle in loop.idle_connections():
+                idle.request.close()
+            loop.selector.close()
+            loop.waker.close()
+        for request, _, _ in self._resume_queue:
+            request.close()
+        self._resume_queue.clear()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server_close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.server_address!r} strategy={self.strategy.name!r}>"
+
+
+def _check_drain_timeout(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"drain_timeout must be None or a number of seconds >= 0, not {value!r}")
+    return float(value)
+
+
+_LISTENER = "listener"
+_WAKER = "waker"
+
+
+@dataclass(eq=False)
+class _Idle:
+    """A connection waiting in the selector for its next bytes."""
+
+    request: socket.socket
+    client_address: Address
+    deadline: float | None
+    parked: bool = True
+
+
+@dataclass
+class _LoopState:
+    """What one process's loop owns: its selector, its wake-up socket, its idle connections."""
+
+    pid: int
+    selector: selectors.BaseSelector
+    waker: Waker
+    _deadlines: list[tuple[float, int, _Idle]] = field(default_factory=list)
+    _order: itertools.count = field(default_factory=itertools.count)
+    _idle: set[_Idle] = field(default_factory=set)
+
+    def park(self, request: socket.socket, client_address: Address, deadline: float | None) -> None:
+        idle = _Idle(request, client_address, deadline)
+        try:
+            self.selector.register(request, selectors.EVENT_READ, idle)
+        except (ValueError, OSError):  # closed by the handler after all: nothing to watch
+            request.close()
+            return
+        self._idle.add(idle)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._order), idle))
+
+    def unpark(self, idle: _Idle) -> None:
+        idle.parked = False
+        self._idle.discard(idle)
+        self.selector.unregister(idle.request)
+
+    def next_wait(self, limit: float | None) -> float | None:
+        """How long select() may block: ``limit``, or less if an idle deadline comes sooner."""
+        heap = self._deadlines
+        while heap and not heap[0][2].parked:
+            heapq.heappop(heap)
+        if not heap:
+            return limit
+        until = max(0.0, heap[0][0] - time.monotonic())
+        return until if limit is None else min(limit, until)
+
+    def expired(self, now: float) -> list[_Idle]:
+        heap = self._deadlines
+        expired = []
+        while heap and (heap[0][0] <= now or not heap[0][2].parked):
+            _, _, idle = heapq.heappop(heap)
+            if idle.parked:
+                self.unpark(idle)
+                expired.append(idle)
+        return expired
+
+    def idle_connections(self) -> list[_Idle]:
+        return list(self._idle)
+
+    def close_all(self) -> list[_Idle]:
+        idle = list(self._idle)
+        for entry in idle:
+            self.unpark(entry)
+        self._deadlines.clear()
+        return idle

@@ -1,0 +1,179 @@
+"""``fork``: one child process per request, at most ``max_children`` at a time.
+
+Compared with socketserver's ForkingMixIn:
+
+- waiting for a free slot waits for *our* children only (a pidfd per child where Linux has
+  them), never ``waitpid(-1)``, which would steal the exit status of the application's own
+  subprocesses;
+- finished children are reaped every loop turn, so no zombie outlives ``poll_interval`` even
+  when no traffic arrives;
+- the parent flushes stdio before forking and the child leaves with ``os._exit`` after flushing
+  only what it wrote itself: no output is written twice and no atexit handler runs in a child;
+- the child closes its copies of the listening sockets, so the port is free as soon as the
+  parent closes, even while a child is still finishing a slow request;
+- the child ignores SIGINT (Ctrl+C reaches the whole process group; the parent decides whether
+  in-flight requests finish) and takes SIGTERM's default action, which the parent uses to stop
+  children that outlive the drain timeout.
+
+The parent starts no threads of its own, so ``os.fork()`` is never called from a threaded
+process on gearshift's account (Python 3.12+ warns about that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from ..core.errors import StrategyUnavailableError
+from ..core.hookspecs import hookimpl
+from ..core.strategy import Address, Strategy, bool_option, positive_int_option
+
+log = logging.getLogger("gearshift")
+
+#: After the drain timeout, how long children get between SIGTERM and SIGKILL.
+TERMINATE_GRACE = 2.0
+
+
+class ForkStrategy(Strategy):
+    """One child process per request, at most max_children at once (ForkingTCPServer)."""
+
+    name = "fork"
+    multiprocess = True
+
+    def __init__(self, server, *, max_children: int = 40, block_on_close: bool = True) -> None:  # type: ignore[no-untyped-def]
+        if not hasattr(os, "fork"):
+            raise StrategyUnavailableError(
+                "strategy 'fork' needs os.fork(), which this platform does not have; "
+                "use 'thread' or 'sync' instead"
+            )
+        super().__init__(server)
+        self.max_children = positive_int_option("max_children", max_children)
+        self.block_on_close = bool_option("block_on_close", block_on_close)
+        #: pid -> pidfd (or None where pidfds are unavailable) of every child not yet reaped.
+        self.active_children: dict[int, int | None] = {}
+
+    # -- the parent ----------------------------------------------------------------------------
+
+    def process_request(self, request: socket.socket, client_address: Address) -> None:
+        self.collect_children()
+        while len(self.active_children) >= self.max_children:
+            self._wait_for_exit(None)
+            self.collect_children()
+        _flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
+        pid = os.fork()
+        if pid == 0:
+            self._run_child(request, client_address)  # never returns
+        self.active_children[pid] = _pidfd(pid)
+        self.server.close_request(request)
+
+    def service_actions(self) -> None:
+        self.collect_children()
+
+    def collect_children(self) -> int:
+        """Reap every child that has exited; return how many are still running."""
+        for pid in list(self.active_children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else (a SIGCHLD=SIG_IGN setting)
+                done = pid
+            if done:
+                self._forget(pid)
+        return len(self.active_children)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for children (if ``block_on_close``) at most ``timeout`` seconds, then terminate
+        the rest: SIGTERM, and SIGKILL for any still alive after a grace period."""
+        if not self.block_on_close:
+            self.collect_children()
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.collect_children():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self._wait_for_exit(remaining)
+        if not self.active_children:
+            return
+        log.warning(
+            "drain timeout (%.1f s) passed; terminating %d child process%s still running: %s",
+            timeout, len(self.active_children), "" if len(self.active_children) == 1 else "es",
+            ", ".join(map(str, self.active_children)),
+        )
+        self._signal_all(signal.SIGTERM)
+        grace_end = time.monotonic() + TERMINATE_GRACE
+        while self.collect_children() and time.monotonic() < grace_end:
+            self._wait_for_exit(grace_end - time.monotonic())
+        if self.active_children:
+            self._signal_all(signal.SIGKILL)
+            for pid in list(self.active_children):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                self._forget(pid)
+
+    def _wait_for_exit(self, timeout: float | None) -> None:
+        """Block until one of our children may have exited, or ``timeout`` passes."""
+        pidfds = [fd for fd in self.active_children.values() if fd is not None]
+        if pidfds and len(pidfds) == len(self.active_children):
+            with contextlib.suppress(InterruptedError):
+                select.select(pidfds, [], [], timeout)
+        else:  # no pidfds on this platform: poll our own pids, never waitpid(-1)
+            time.sleep(0.005 if timeout is None else max(0.0, min(0.005, timeout)))
+
+    def _forget(self, pid: int) -> None:
+        pidfd = self.active_children.pop(pid, None)
+        if pidfd is not None:
+            os.close(pidfd)
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.active_children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # -- the child -----------------------------------------------------------------------------
+
+    def _run_child(self, request: socket.socket, client_address: Address) -> None:
+        status = 1
+        try:
+            self.server.detach_loop()
+            for pidfd in self.active_children.values():
+                if pidfd is not None:
+                    os.close(pidfd)
+            self.active_children = {}
+            with contextlib.suppress(ValueError):  # only possible in the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if self.handle_connection(request, client_address):
+                status = 0
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                self.server.handle_error(request, client_address)
+        finally:
+            _flush_stdio()
+            os._exit(status)
+
+
+def _pidfd(pid: int) -> int | None:
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # old kernel, or seccomp: fall back to polling
+        return None
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+
+
+@hookimpl
+def gearshift_strategies() -> list[type[Strategy]]:
+    return [ForkStrategy]
