@@ -13,8 +13,9 @@ from .core import (
     available_strategies,
     hookimpl,
 )
+from ._version import __version__
+from .http import make_server
 
-__version__ = "0.1.0"
 
 __all__ = [
     "GearshiftError",
@@ -26,4 +27,5 @@ __all__ = [
     "__version__",
     "available_strategies",
     "hookimpl",
+    "make_server",
 ]

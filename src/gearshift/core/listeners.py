@@ -73,7 +73,7 @@ def bind(sock: socket.socket, address: Any) -> None:
     """Bind ``sock``; for Unix sockets, first remove a stale socket file nobody listens on."""
     if sock.family == socket.AF_UNIX:
         _remove_stale_unix_socket(os.fsdecode(address))
-    sock.bind(address)
+    sock.bind(os.fsdecode(address) if sock.family == socket.AF_UNIX else address)
 
 
 def _remove_stale_unix_socket(path: str) -> None:

@@ -161,6 +161,12 @@ class Server:
     def fileno(self) -> int:
         return self.socket.fileno()
 
+    @property
+    def closing(self) -> bool:
+        """True once ``server_close()`` has begun: handlers should finish the request in hand
+        and close the connection rather than wait for another on it."""
+        return self._closed
+
     # -- running the loop ----------------------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
@@ -340,8 +346,7 @@ class Server:
 
     def _expire_idle(self, loop: _LoopState) -> None:
         for idle in loop.expired(time.monotonic()):
-            log.debug("closing connection from %s after its idle timeout", idle.client_address)
-            self.shutdown_request(idle.request)
+            self.handle_idle_timeout(idle.request, idle.client_address)
 
     # -- socketserver's per-request hooks ------------------------------------------------------
 
@@ -374,6 +379,13 @@ class Server:
     def handle_error(self, request: socket.socket, client_address: Address) -> None:
         """Log the exception being handled; the server keeps serving."""
         log.exception("exception while processing a request from %s", client_address)
+
+    def handle_idle_timeout(self, request: socket.socket, client_address: Address) -> None:
+        """Called in the loop when a connection given back with ``resume_when_readable`` stays
+        idle past its timeout. Closes it; a protocol may first say why (HTTP's 408), without
+        blocking: the loop is waiting."""
+        log.debug("closing connection from %s after its idle timeout", client_address)
+        self.shutdown_request(request)
 
     def handle_timeout(self) -> None:
         """Called by ``handle_request()`` when ``timeout`` passes without a connection."""

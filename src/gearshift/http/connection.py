@@ -1,0 +1,509 @@
+"""One HTTP/1.1 connection: read requests, run the WSGI application, write responses.
+
+:class:`WSGIRequestHandler` is an ordinary socketserver-style handler, so any strategy runs it.
+Each time a strategy runs it is one *turn* on the connection: it serves every request that is
+already readable (pipelining), and when the connection falls idle it hands the socket back to the
+core loop with :meth:`gearshift.Server.resume_when_readable` and returns. The loop hands it to
+the strategy again when the next request's bytes arrive, so an idle keep-alive connection holds a
+selector entry, not a thread, and a ``sync`` server interleaves many keep-alive clients. Where the
+loop cannot take it back (a ``fork`` child), the turn keeps the connection and waits for the next
+request itself, up to the keep-alive timeout.
+
+Nothing here knows which strategy runs it: the only strategy facts it uses are the
+``multithread``/``multiprocess`` flags, copied into the environ by the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import socketserver
+import ssl
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from .errors import HTTPError
+from .parser import Request, RequestParser
+from .wsgi import FileWrapper, InputStream, build_environ, check_response
+
+if TYPE_CHECKING:
+    from .server import WSGIServer
+
+log = logging.getLogger("gearshift")
+access_log = logging.getLogger("gearshift.access")
+
+READ_SIZE = 65536
+#: Unread request body bytes we are willing to read and discard to keep a connection alive;
+#: past this, closing is cheaper than reading.
+DISCARD_LIMIT = 65536
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_CLIENT_GONE = (ConnectionError, TimeoutError, ssl.SSLError)
+_BODYLESS_STATUS = frozenset({204, 304})
+
+
+class _PeerClosed(Exception):
+    """The client closed the connection between requests."""
+
+
+class _Timeout(Exception):
+    """A read timed out; ``partial`` says whether a request had started arriving."""
+
+    def __init__(self, partial: bool) -> None:
+        self.partial = partial
+
+
+class WSGIRequestHandler(socketserver.BaseRequestHandler):
+    """Serve one turn of an HTTP connection (see the module docstring)."""
+
+    server: WSGIServer
+
+    def handle(self) -> None:
+        server = self.server
+        connection = server.pending_connections.pop(self.request, None) if server.pending_connections else None
+        if connection is None:
+            connection = Connection(self.request, self.client_address, server)
+        connection.run()
+
+
+class Connection:
+    """The state of one HTTP connection across the turns of its handler."""
+
+    def __init__(self, sock: socket.socket, client_address: Any, server: WSGIServer) -> None:
+        self.sock = sock
+        self.client_address = client_address
+        self.server = server
+        self.config = server.config
+        self.parser = RequestParser(server.config.limits)
+        self.head_deadline: float | None = None
+        self.served = 0
+        self.deferred_error: HTTPError | None = None
+        self._timeout: float | None = -1.0  # unknown: force the first settimeout()
+        if sock.family != getattr(socket, "AF_UNIX", None):
+            try:
+                # Responses are written in as few sends as possible; without this, the second
+                # small write of a streamed response waits for the client's delayed ACK.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    # -- the turn ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve requests until the connection closes or goes back to the loop."""
+        parser = self.parser
+        try:
+            while True:
+                if not parser.requests:
+                    if self.deferred_error is not None:
+                        raise self.deferred_error
+                    if self._read(blocking=False):
+                        continue
+                    if self._park() or self.server.closing:
+                        return
+                    self._read(blocking=True)
+                    continue
+                request = parser.requests.popleft()
+                self.head_deadline = None
+                if not Exchange(self, request).run():
+                    return
+                self.served += 1
+        except HTTPError as exc:
+            self.reject(exc)
+        except _Timeout as exc:
+            if exc.partial:
+                self.reject(HTTPError(408, "the request was not received in time"))
+        except _PeerClosed:
+            pass
+        except _CLIENT_GONE as exc:
+            log.debug("connection from %s lost: %s", self.client_address, exc)
+
+    def _park(self) -> bool:
+        """Give the idle connection back to the loop; False if the loop cannot take it."""
+        server, config = self.server, self.config
+        if self.parser.idle:
+            timeout = config.keep_alive_timeout if self.served else config.header_timeout
+            return server.resume_when_readable(self.sock, self.client_address, timeout)
+        # Part of a request head has arrived: keep the parser, and the head's deadline.
+        remaining = self._remaining_head_time()
+        if server.resume_when_readable(self.sock, self.client_address, remaining):
+            server.pending_connections[self.sock] = self
+            return True
+        return False
+
+    def _remaining_head_time(self) -> float:
+        if self.head_deadline is None:
+            self.head_deadline = time.monotonic() + self.config.header_timeout
+        remaining = self.head_deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Timeout(partial=True)
+        return remaining
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, blocking: bool) -> bool:
+        """Read once and feed the parser. Non-blocking: False if nothing is there yet."""
+        parser = self.parser
+        if blocking:
+            if parser.idle:
+                self.set_timeout(self.config.keep_alive_timeout if self.served else self.config.header_timeout)
+            else:
+                self.set_timeout(self._remaining_head_time())
+        else:
+            self.set_timeout(0.0)
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except _WOULD_BLOCK:
+            return False
+        except TimeoutError:
+            raise _Timeout(partial=not parser.idle) from None
+        if not data:
+            parser.feed_eof()  # raises HTTPError(400) when a request was cut short
+            raise _PeerClosed
+        if self.head_deadline is None:
+            self.head_deadline = time.monotonic() + self.config.header_timeout
+        self._feed(data)
+        return True
+
+    def _feed(self, data: bytes) -> None:
+        """Feed the parser. An error in a later pipelined request must not cost the requests
+        before it their responses: it is kept and raised once those have been served."""
+        try:
+            self.parser.feed(data)
+        except HTTPError as exc:
+            if not self.parser.requests:
+                raise
+            self.deferred_error = exc
+
+    def read_body(self, request: Request) -> None:
+        """Block until the parser has more of ``request``'s body (``wsgi.input`` calls this)."""
+        if self.deferred_error is not None:
+            raise self.deferred_error
+        self.set_timeout(self.config.header_timeout)
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except TimeoutError:
+            raise HTTPError(408, "the request body was not received in time") from None
+        if not data:
+            self.parser.feed_eof()
+            raise HTTPError(400, "the connection closed before the request body was complete")
+        self._feed(data)
+
+    def set_timeout(self, timeout: float | None) -> None:
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Write all of ``data``; the timeout bounds each wait for progress, not the total, so a
+        slow but live client can download a large body."""
+        self.set_timeout(self.config.header_timeout)
+        sent = self.sock.send(data)
+        if sent == len(data):
+            return
+        view = memoryview(data)
+        while sent < len(view):
+            sent += self.sock.send(view[sent:])
+
+    def reject(self, error: HTTPError, blocking: bool = True) -> None:
+        """Answer a request we will not run with its 4xx/5xx, then let the connection close.
+        ``blocking=False`` (in the loop itself) sends only what the socket takes at once."""
+        log.debug("rejecting request from %s: %d %s", self.client_address, error.status, error.reason)
+        body = (error.reason + "\n").encode("utf-8", "replace")
+        head = (
+            f"HTTP/1.1 {error.status} {_phrase(error.status)}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n"
+        ).encode("latin-1")
+        response = head + self.server.date_and_server() + b"\r\n" + body
+        try:
+            if blocking:
+                self.send(response)
+            else:
+                self.set_timeout(0.0)
+                self.sock.send(response)
+            self._discard_pending_input()
+        except (OSError, ValueError):
+            pass
+        access_log_request(self, None, error.status, len(body))
+
+    def _discard_pending_input(self) -> None:
+        """Read what the client already sent, so that closing does not reset the connection and
+        destroy the error response before the client reads it."""
+        self.set_timeout(0.0)
+        for _ in range(16):
+            try:
+                if not self.sock.recv(READ_SIZE):
+                    return
+            except (OSError, ValueError):
+                return
+
+
+class Exchange:
+    """One request and its response on a connection."""
+
+    __slots__ = (
+        "connection", "request", "status", "headers", "code", "length", "close_requested",
+        "head_sent", "chunked", "remaining", "bodyless", "keep_alive", "single", "sent",
+        "continue_sent", "input_failed",
+    )
+
+    def __init__(self, connection: Connection, request: Request) -> None:
+        self.connection = connection
+        self.request = request
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.code = 0
+        self.length: int | None = None
+        self.close_requested = False
+        self.head_sent = False
+        self.chunked = False
+        self.remaining: int | None = None
+        self.bodyless = False
+        self.keep_alive = request.keep_alive and connection.config.keep_alive_timeout > 0
+        self.single = False
+        self.sent = 0
+        self.continue_sent = False
+        self.input_failed = False
+
+    def run(self) -> bool:
+        """Run the application; True if the connection can serve another request."""
+        connection, request = self.connection, self.request
+        server = connection.server
+        environ = build_environ(server.base_environ, request, connection.client_address,
+                               InputStream(request, self._fetch_body))
+        result = None
+        try:
+            result = server.app(environ, self.start_response)
+            if isinstance(result, FileWrapper) and self._send_file(result):
+                pass
+            else:
+                try:
+                    self.single = len(result) == 1  # type: ignore[arg-type]
+                except TypeError:
+                    pass
+                for data in result:
+                    if data:
+                        self.write(data)
+            self._finish()
+        except HTTPError as exc:  # from wsgi.input: the body was malformed or too large
+            if self.head_sent:
+                return False
+            connection.reject(exc)
+            return False
+        except _CLIENT_GONE as exc:
+            log.info("client %s went away during %s %s: %s", connection.client_address,
+                     request.method, environ["PATH_INFO"], exc)
+            return False
+        except Exception:
+            log.exception("error in the WSGI application for %s %s", request.method, environ["PATH_INFO"])
+            if self.head_sent:
+                return False  # the response is already on its way: closing is all that is left
+            self._send_server_error()
+            return False
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("error closing the response iterable of %s %s",
+                                  request.method, environ["PATH_INFO"])
+        access_log_request(connection, request, self.code, self.sent)
+        if not self.keep_alive or self.input_failed:
+            return False
+        return self._discard_body()
+
+    # -- the WSGI callables --------------------------------------------------------------------
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        self.code, self.length, self.close_requested = check_response(status, headers)
+        self.status, self.headers = status, headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"WSGI applications must yield bytes, not {type(data).__name__}")
+            data = bytes(data)
+        if not self.head_sent:
+            self._send_head(data, final=self.single)
+            return
+        self._send_body(data)
+
+    # -- the response --------------------------------------------------------------------------
+
+    def _send_head(self, first: bytes, final: bool) -> None:
+        if self.status is None:
+            raise AssertionError("the application wrote a body before calling start_response()")
+        request, connection = self.request, self.connection
+        self.bodyless = request.method == "HEAD" or self.code in _BODYLESS_STATUS or self.code < 200
+        if self.close_requested or connection.server.closing:
+            self.keep_alive = False
+        framing = b""
+        if self.length is not None:
+            self.remaining = self.length
+        elif self.bodyless:
+            pass
+        elif final:
+            framing = b"Content-Length: %d\r\n" % len(first)
+            self.remaining = len(first)
+        elif request.version == "1.1":
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self.chunked = True
+        else:
+            self.keep_alive = False  # HTTP/1.0 without a length: the body ends at close
+        parts = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
+        parts += [f"{name}: {value}\r\n".encode("latin-1") for name, value in self.headers]
+        parts.append(framing)
+        if not self.keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(connection.server.date_and_server())
+        parts.append(b"\r\n")
+        self.head_sent = True
+        if first and not self.bodyless:
+            parts.append(self._frame(first))
+        connection.send(b"".join(parts))
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                log.error("the application sent more than its Content-Length (%d); truncating "
+                          "and closing the connection", self.length)
+                data = data[: self.remaining]
+                self.keep_alive = False
+            self.remaining -= len(data)
+        self.sent += len(data)
+        return data
+
+    def _send_body(self, data: bytes) -> None:
+        if self.bodyless:
+            return
+        framed = self._frame(data)
+        if framed:
+            self.connection.send(framed)
+
+    def _finish(self) -> None:
+        if not self.head_sent:
+            self._send_head(b"", final=True)
+        if self.chunked:
+            self.connection.send(b"0\r\n\r\n")
+        elif self.remaining and not self.bodyless:
+            log.warning("the application sent %d bytes less than its Content-Length (%d); "
+                        "closing the connection", self.remaining, self.length)
+            self.keep_alive = False
+
+    def _send_file(self, wrapper: FileWrapper) -> bool:
+        """Send a real file with sendfile(); False to fall back to iterating the wrapper."""
+        fd = wrapper.fileno()
+        if fd is None or self.status is None or self.request.method == "HEAD":
+            return False
+        try:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+            size = os.fstat(fd).st_size - offset
+        except OSError:
+            return False
+        if self.length is None:
+            self.length = size
+            self.headers = [*self.headers, ("Content-Length", str(size))]
+        count = min(size, self.length)
+        self._send_head(b"", final=False)
+        if self.bodyless:
+            return True
+        connection = self.connection
+        connection.set_timeout(connection.config.header_timeout)
+        sent = connection.sock.sendfile(wrapper.filelike, offset, count)
+        self.sent += sent
+        self.remaining = (self.remaining or 0) - sent
+        return True
+
+    def _send_server_error(self) -> None:
+        body = b"Internal Server Error\n"
+        self.code = 500
+        head = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\nConnection: close\r\n" % len(body))
+        try:
+            self.connection.send(head + self.connection.server.date_and_server() + b"\r\n" + body)
+        except OSError:
+            pass
+        self.sent = len(body)
+
+    # -- the request body ----------------------------------------------------------------------
+
+    def _fetch_body(self, request: Request) -> None:
+        connection = self.connection
+        if request.expect_continue and not self.continue_sent and not self.head_sent:
+            self.continue_sent = True
+            connection.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            connection.read_body(request)
+        except HTTPError:
+            self.input_failed = True
+            raise
+
+    def _discard_body(self) -> bool:
+        """Skip what the application left unread of the body, so the next request can be parsed."""
+        request = self.request
+        if request.complete:
+            request.body.clear()
+            return True
+        if request.expect_continue and not self.continue_sent:
+            return False  # the client may never send it: don't wait, close
+        discarded = 0
+        while not request.complete:
+            if discarded > DISCARD_LIMIT:
+                return False
+            discarded += len(request.body)
+            request.body.clear()
+            try:
+                self.connection.read_body(request)
+            except (HTTPError, OSError):
+                return False
+        request.body.clear()
+        return True
+
+
+def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:
+    """One line per request in the common log format, on logger ``gearshift.access``."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    addr = connection.client_address
+    host = addr[0] if type(addr) is tuple else "-"
+    line = "-" if request is None else f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}"
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+    access_log.info('%s - - [%s] "%s" %d %s', host, when, line, status, size or "-")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """The Date header value, formatted at most once a second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]

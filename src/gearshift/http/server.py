@@ -1,0 +1,197 @@
+"""``make_server``: the core's :class:`~gearshift.Server` serving a WSGI application over HTTP/1.1.
+
+The HTTP layer is a request handler class plus a few server attributes (the app, the limits,
+the environ keys that do not change between requests); the strategy is whatever the user named,
+and the HTTP code only reads its ``multithread``/``multiprocess`` flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl as ssl_module
+import sys
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._version import __version__
+from ..core.plugins import resolve_strategy
+from ..core.server import Server
+from ..core.strategy import Strategy
+from .connection import Connection, WSGIRequestHandler, http_date
+from .errors import HTTPError, ProtocolLimits
+from .wsgi import FileWrapper
+
+WSGIApp = Callable[..., Any]
+SERVER_SOFTWARE = f"gearshift/{__version__}"
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """HTTP settings, given to ``make_server`` as keyword options with these names."""
+
+    #: Seconds an idle keep-alive connection is kept open; 0 closes after every response.
+    keep_alive_timeout: float = 5.0
+    #: Seconds a client has to send a complete request head once it starts (or, on a new
+    #: connection, to start); also bounds each wait for body bytes or for the client to take
+    #: response bytes. Closes slowloris-style connections.
+    header_timeout: float = 10.0
+    limits: ProtocolLimits = field(default_factory=ProtocolLimits)
+
+    def __post_init__(self) -> None:
+        for name in ("keep_alive_timeout", "header_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
+        if self.header_timeout == 0:
+            raise ValueError("header_timeout must be > 0")
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        limits = [f.name for f in dataclasses.fields(ProtocolLimits)]
+        return sorted(["keep_alive_timeout", "header_timeout", *limits])
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> HTTPConfig:
+        """Build from the HTTP subset of ``options`` (removing those keys from it)."""
+        limit_names = {f.name for f in dataclasses.fields(ProtocolLimits)}
+        limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
+        own = {k: options.pop(k) for k in ("keep_alive_timeout", "header_timeout") if k in options}
+        return cls(limits=limits, **own)
+
+
+class WSGIServer(Server):
+    """A :class:`gearshift.Server` whose handler speaks HTTP/1.1 to a WSGI application."""
+
+    def __init__(
+        self,
+        server_address: Any,
+        app: WSGIApp,
+        strategy: str | type[Strategy] = "sync",
+        *,
+        config: HTTPConfig | None = None,
+        request_handler: type[WSGIRequestHandler] | None = None,
+        ssl_context: ssl_module.SSLContext | None = None,
+        listener: socket.socket | None = None,
+        drain_timeout: float | None = None,
+        **strategy_options: Any,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be a WSGI callable, not {app!r}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl_module.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+        self.app = app
+        self.config = config or HTTPConfig()
+        self.ssl_context = ssl_context
+        #: Connections parked with part of a request head read, by socket (see Connection._park).
+        self.pending_connections: weakref.WeakKeyDictionary[socket.socket, Connection] = weakref.WeakKeyDictionary()
+        super().__init__(
+            server_address, request_handler or WSGIRequestHandler, strategy,
+            listener=listener, drain_timeout=drain_timeout, **strategy_options,
+        )
+        if ssl_context is not None:
+            self.listeners = [s if isinstance(s, ssl_module.SSLSocket) else self._wrap(s) for s in self.listeners]
+        self.base_environ = self._base_environ()
+        self._server_header = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Add a listening socket; under ``ssl_context`` it serves HTTPS too."""
+        if getattr(self, "ssl_context", None) is not None and not isinstance(sock, ssl_module.SSLSocket):
+            sock = self._wrap(sock)
+        super().add_listener(sock)
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        assert self.ssl_context is not None
+        # No handshake in accept(): it happens on the connection's first non-blocking read, so a
+        # slow TLS client never stalls the loop.
+        wrapped = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        wrapped.setblocking(False)
+        return wrapped
+
+    def _base_environ(self) -> dict[str, Any]:
+        address = self.server_address
+        if isinstance(address, tuple):
+            name, port = str(address[0]), str(address[1])
+        else:
+            name, port = "localhost", ""
+        return {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "https" if self.ssl_context is not None else "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": self.strategy.multithread,
+            "wsgi.multiprocess": self.strategy.multiprocess,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "SERVER_NAME": name,
+            "SERVER_PORT": port,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
+            "SCRIPT_NAME": "",
+            "gearshift.strategy": self.strategy.name,
+        }
+
+    def handle_idle_timeout(self, request: socket.socket, client_address: Any) -> None:
+        """A connection that went quiet in the middle of a request head gets its 408."""
+        connection = self.pending_connections.pop(request, None)
+        if connection is not None:
+            connection.reject(HTTPError(408, "the request was not received in time"), blocking=False)
+        super().handle_idle_timeout(request, client_address)
+
+    def date_and_server(self) -> bytes:
+        """The ``Date`` and ``Server`` header lines every response carries."""
+        return b"Date: " + http_date() + b"\r\n" + self._server_header
+
+
+def make_server(
+    host: str,
+    port: int,
+    app: WSGIApp,
+    strategy: str | type[Strategy] = "sync",
+    *,
+    request_handler: type[WSGIRequestHandler] | None = None,
+    ssl_context: ssl_module.SSLContext | None = None,
+    fd: int | None = None,
+    drain_timeout: float | None = None,
+    **options: Any,
+) -> WSGIServer:
+    """Serve ``app`` over HTTP/1.1 on ``host:port`` with the named concurrency strategy.
+
+    ``make_server("127.0.0.1", 8000, app, strategy="fork", max_children=40)``
+
+    ``options`` are the strategy's options and the HTTP options (``keep_alive_timeout``,
+    ``header_timeout``, ``max_request_line``, ``max_header_size``, ``max_headers``,
+    ``max_header_block``, ``max_body_size``); a name that is neither raises ``TypeError`` listing
+    both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
+    (see ``server.server_address``). ``fd`` adopts an already-bound listening socket, as
+    werkzeug's ``fd=`` does. Call ``serve_forever()`` on the result.
+    """
+    strategy_class = resolve_strategy(strategy)
+    _check_options(strategy_class, options)
+    config = HTTPConfig.from_options(options)
+    listener = None
+    if fd is not None:
+        listener = socket.socket(fileno=fd)
+        address: Any = listener.getsockname()
+    elif host.startswith("unix:"):
+        address = host[len("unix:"):]
+    else:
+        address = (host, port)
+    return WSGIServer(
+        address, app, strategy_class, config=config, request_handler=request_handler,
+        ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, **options,
+    )
+
+
+def _check_options(strategy: type[Strategy], options: dict[str, Any]) -> None:
+    http = set(HTTPConfig.option_names())
+    accepted = set(strategy.option_defaults())
+    unknown = sorted(set(options) - http - accepted)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise TypeError(
+            f"make_server() got unexpected option{'s' if len(unknown) > 1 else ''} {names}; "
+            f"strategy {strategy.name!r} accepts: {', '.join(sorted(accepted)) or 'no options'}; "
+            f"HTTP options: {', '.join(sorted(http))}"
+        )

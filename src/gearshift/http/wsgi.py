@@ -1,0 +1,205 @@
+"""PEP 3333 pieces that do not touch a socket: the environ, ``wsgi.input``, ``wsgi.file_wrapper``,
+and the checks on what an application hands to ``start_response``.
+
+The connection (``connection.py``) owns the socket and the parser; this module turns a parsed
+request into an environ and validates the application's answer, so that a header containing CR,
+LF or NUL is refused here and can never reach the wire.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    from .parser import Request
+
+#: Headers an application must not set (PEP 3333: hop-by-hop headers are the server's business).
+#: ``Connection: close`` is tolerated and honoured, since frameworks do send it.
+HOP_BY_HOP = frozenset({
+    "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade",
+})
+
+_STATUS = re.compile(r"[1-5][0-9][0-9] [\x20-\x7e\t]*\Z")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\x80-\xff\t]*\Z")
+
+
+class ResponseHeadersError(ValueError):
+    """The application's status or headers cannot be sent as they are (raised by start_response)."""
+
+
+def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, int | None, bool]:
+    """Validate ``start_response`` arguments; return (status code, Content-Length or None,
+    whether the app asked for ``Connection: close``)."""
+    if type(status) is not str or not _STATUS.match(status):
+        raise ResponseHeadersError(f"invalid status line {status!r}: need 'NNN Reason' in ASCII without CR/LF")
+    if type(headers) is not list:
+        raise ResponseHeadersError(f"response headers must be a list of (name, value) tuples, not {type(headers).__name__}")
+    content_length = None
+    close = False
+    for header in headers:
+        if type(header) is not tuple or len(header) != 2:
+            raise ResponseHeadersError(f"response header {header!r} is not a (name, value) tuple")
+        name, value = header
+        if type(name) is not str or not _TOKEN.match(name):
+            raise ResponseHeadersError(f"invalid response header name {name!r}")
+        if type(value) is not str or not _FIELD_VALUE.match(value):
+            raise ResponseHeadersError(f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)")
+        lower = name.lower()
+        if lower == "content-length":
+            if not value.isdigit() or not value.isascii():
+                raise ResponseHeadersError(f"invalid Content-Length {value!r}")
+            length = int(value)
+            if content_length is not None and content_length != length:
+                raise ResponseHeadersError("conflicting Content-Length headers")
+            content_length = length
+        elif lower == "connection":
+            close = close or "close" in value.lower()
+        elif lower in HOP_BY_HOP:
+            raise ResponseHeadersError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
+    return int(status[:3]), content_length, close
+
+
+_environ_keys: dict[bytes, str | None] = {}
+
+
+def environ_key(name: bytes) -> str | None:
+    """``Content-Type`` -> ``CONTENT_TYPE``, ``X-Foo`` -> ``HTTP_X_FOO``; None for names with
+    ``_``, which would be indistinguishable from ``-`` once in the environ (a spoofing vector
+    behind proxies that filter on the dashed name)."""
+    key = _environ_keys.get(name)
+    if key is None and name not in _environ_keys:
+        text = name.decode("latin-1").upper()
+        if "_" in text:
+            key = None
+        elif text in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+            key = text.replace("-", "_")
+        else:
+            key = "HTTP_" + text.replace("-", "_")
+        if len(_environ_keys) < 4096:  # bounded: header names are attacker-chosen
+            _environ_keys[name] = key
+    return key
+
+
+def build_environ(base: dict[str, Any], request: Request, client_address: Any, wsgi_input: Any) -> dict[str, Any]:
+    """The per-request environ: ``base`` (server-wide keys) plus what this request says."""
+    environ = base.copy()
+    path = request.path
+    environ["REQUEST_METHOD"] = request.method
+    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
+    if type(client_address) is tuple:
+        environ["REMOTE_ADDR"] = client_address[0]
+        environ["REMOTE_PORT"] = str(client_address[1])
+    else:  # Unix socket peers have no address
+        environ["REMOTE_ADDR"] = ""
+        environ["REMOTE_PORT"] = ""
+    environ["wsgi.input"] = wsgi_input
+    for name, value in request.headers:
+        key = environ_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key in environ and key.startswith("HTTP_"):
+            environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
+        else:
+            environ[key] = text
+    return environ
+
+
+class InputStream:
+    """``wsgi.input``: the request body, and never a byte past it.
+
+    Reads pull from the parser's body buffer and, when that is empty, ask the connection for more
+    (which sends ``100 Continue`` first if the client is waiting for it). At the end of the body
+    every read returns ``b""`` (``wsgi.input_terminated``), for Content-Length and chunked alike.
+    """
+
+    __slots__ = ("_request", "_fetch")
+
+    def __init__(self, request: Request, fetch: Callable[[Request], None]) -> None:
+        self._request = request
+        self._fetch = fetch  # blocks until the parser has more body for `request` or it is complete
+
+    def _fill(self) -> bool:
+        request = self._request
+        if request.body:
+            return True
+        if request.complete:
+            return False
+        self._fetch(request)
+        return bool(request.body)
+
+    def read(self, size: int | None = -1) -> bytes:
+        body = self._request.body
+        if size is None or size < 0:
+            while not self._request.complete:
+                self._fetch(self._request)
+            data = bytes(body)
+            body.clear()
+            return data
+        if size == 0 or not self._fill():
+            return b""
+        data = bytes(body[:size])
+        del body[:size]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        body = self._request.body
+        limit = sys.maxsize if size is None or size < 0 else size
+        scanned = 0
+        while True:
+            end = body.find(b"\n", scanned, limit)
+            if end >= 0:
+                end += 1
+                break
+            scanned = len(body)
+            if scanned >= limit or self._request.complete:
+                end = min(scanned, limit)
+                break
+            self._fetch(self._request)
+        data = bytes(body[:end])
+        del body[:end]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterates a file in blocks, and lets the connection use
+    ``socket.sendfile`` (zero-copy ``os.sendfile``) when the file is a real one."""
+
+    def __init__(self, filelike: IO[bytes], block_size: int = 65536) -> None:
+        self.filelike = filelike
+        self.block_size = block_size
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        while data := read(self.block_size):
+            yield data
+
+    def fileno(self) -> int | None:
+        """The descriptor to sendfile() from, or None for file-likes without a real one."""
+        try:
+            return self.filelike.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None

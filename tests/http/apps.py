@@ -1,0 +1,102 @@
+"""The WSGI application the HTTP tests serve, wrapped in ``wsgiref.validate.validator`` so that
+every request also checks gearshift's environ and calling conventions against PEP 3333."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from urllib.parse import parse_qs
+from wsgiref.validate import validator
+
+ENVIRON_KEYS = (
+    "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+    "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT",
+    "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
+    "wsgi.input_terminated", "gearshift.strategy",
+)
+
+
+def _read_all(environ):
+    stream = environ["wsgi.input"]
+    chunks = []
+    while chunk := stream.read(7):  # small reads on purpose: exercises the buffer edges
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def raw_app(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = parse_qs(environ["QUERY_STRING"])
+    text = [("Content-Type", "text/plain")]
+    if path.startswith("/environ"):
+        body = _read_all(environ)
+        info = {key: environ.get(key) for key in ENVIRON_KEYS}
+        info["headers"] = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+        info["body"] = body.decode("latin-1")
+        info["pid"] = os.getpid()
+        data = json.dumps(info).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+    if path == "/echo":
+        body = _read_all(environ)
+        start_response("200 OK", [*text, ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/lines":
+        stream = environ["wsgi.input"]
+        lines = [stream.readline(), stream.readline(5)]
+        lines.extend(stream.readlines())
+        data = json.dumps([line.decode("latin-1") for line in lines]).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [data]
+    if path == "/noread":
+        start_response("200 OK", [*text, ("Content-Length", "2")])
+        return [b"ok"]
+    if path == "/stream":
+        start_response("200 OK", text)
+        return (b"chunk%d\n" % i for i in range(int(query.get("n", ["3"])[0])))
+    if path == "/write":
+        write = start_response("200 OK", text)
+        write(b"written;")
+        return [b"returned"]
+    if path == "/length":
+        n = int(query["n"][0])
+        start_response("200 OK", [*text, ("Content-Length", str(n))])
+        return [b"x" * n]
+    if path == "/short":
+        start_response("200 OK", [*text, ("Content-Length", "10")])
+        return [b"12345"]
+    if path == "/empty":
+        start_response("204 No Content", [])
+        return []
+    if path == "/fail":
+        raise RuntimeError("boom before the response")
+    if path == "/fail-after":
+        def gen():
+            yield b"partial"
+            raise RuntimeError("boom after the response started")
+        start_response("200 OK", text)
+        return gen()
+    if path == "/bad-header":
+        start_response("200 OK", [*text, ("X-Evil", "a\r\nSet-Cookie: pwned=1")])
+        return [b"should not be sent"]
+    if path == "/file":
+        size = int(query.get("n", ["100000"])[0])
+        handle = tempfile.TemporaryFile()
+        handle.write(bytes(range(256)) * (size // 256) + b"z" * (size % 256))
+        handle.seek(0)
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return environ["wsgi.file_wrapper"](handle)
+    if path == "/sleep":
+        time.sleep(float(query.get("s", ["0.5"])[0]))
+        start_response("200 OK", [*text, ("Content-Length", "5")])
+        return [b"slept"]
+    if path == "/close":
+        start_response("200 OK", [*text, ("Content-Length", "2"), ("Connection", "close")])
+        return [b"ok"]
+    start_response("404 Not Found", [*text, ("Content-Length", "9")])
+    return [b"not found"]
+
+
+app = validator(raw_app)
