@@ -95,8 +95,14 @@ def raw_app(environ, start_response):
     if path == "/close":
         start_response("200 OK", [*text, ("Content-Length", "2"), ("Connection", "close")])
         return [b"ok"]
-    start_response("404 Not Found", [*text, ("Content-Length", "9")])
-    return [b"not found"]
+    # Anything else: 404, saying what the application saw (the corpus tests read it).
+    seen = json.dumps({
+        "method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"],
+        "query": environ["QUERY_STRING"], "uri": environ["REQUEST_URI"],
+        "body": _read_all(environ).decode("latin-1"),
+    }).encode()
+    start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(seen)))])
+    return [seen]
 
 
 app = validator(raw_app)

@@ -224,6 +224,7 @@ class Server:
                     return
         finally:
             self._loop_thread = None
+            self._close_loop_if_closed()
 
     def _run_loop(self, poll_interval: float) -> None:
         loop = self._enter_loop()
@@ -248,6 +249,7 @@ class Server:
                 self.service_actions()
         finally:
             self._loop_thread = None
+            self._close_loop_if_closed()
 
     def _enter_loop(self) -> _LoopState:
         if self._closed:
@@ -422,13 +424,24 @@ class Server:
         if loop is not None and loop.pid == os.getpid():
             for idle in loop.close_all():
                 self.shutdown_request(idle.request)
+        if self._loop_thread == threading.get_ident():
+            # On the loop's own thread while it runs (a signal handler, a sync handler): the
+            # loop may be inside select() on this selector, so it stops and closes it itself.
+            self._shutdown_requested = True
         try:
             self.strategy.close(self.drain_timeout)
         finally:
-            if loop is not None and loop.pid == os.getpid():
-                loop.selector.close()
-                loop.waker.close()
-            self._loop = None
+            if self._loop_thread != threading.get_ident():
+                self._close_loop_if_closed()
+
+    def _close_loop_if_closed(self) -> None:
+        loop = self._loop
+        if not self._closed or loop is None:
+            return
+        self._loop = None
+        if loop.pid == os.getpid():
+            loop.selector.close()
+            loop.waker.close()
 
     def detach_loop(self) -> None:
         """In a forked child that will not run this server's loop: close this process's copies of

@@ -91,7 +91,10 @@ def build_environ(base: dict[str, Any], request: Request, client_address: Any, w
     environ = base.copy()
     path = request.path
     environ["REQUEST_METHOD"] = request.method
-    environ["PATH_INFO"] = (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    # "OPTIONS *" has no path: PEP 3333 wants PATH_INFO empty or starting with "/"; the raw
+    # target stays in REQUEST_URI (as in gunicorn and uWSGI) for the rare app that cares.
+    environ["PATH_INFO"] = "" if path == b"*" else (unquote_to_bytes(path) if b"%" in path else path).decode("latin-1")
+    environ["REQUEST_URI"] = request.target.decode("latin-1")
     environ["QUERY_STRING"] = request.query.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.version
     if type(client_address) is tuple:
@@ -128,13 +131,14 @@ class InputStream:
         self._fetch = fetch  # blocks until the parser has more body for `request` or it is complete
 
     def _fill(self) -> bool:
+        """Wait until there is body to read (True) or the body has ended (False). A read from the
+        socket can carry no body bytes at all (chunk sizes, trailers), so this loops."""
         request = self._request
-        if request.body:
-            return True
-        if request.complete:
-            return False
-        self._fetch(request)
-        return bool(request.body)
+        while not request.body:
+            if request.complete:
+                return False
+            self._fetch(request)
+        return True
 
     def read(self, size: int | None = -1) -> bytes:
         body = self._request.body

@@ -65,6 +65,11 @@ class ForkStrategy(Strategy):
         while len(self.active_children) >= self.max_children:
             self._wait_for_exit(None)
             self.collect_children()
+        if self.server.closing:
+            # server_close() ran while we waited for a slot (a signal handler): the drain is
+            # over, so this connection is closed unserved, like one still in the backlog.
+            self.server.shutdown_request(request)
+            return
         _flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
         pid = os.fork()
         if pid == 0:
@@ -120,7 +125,8 @@ class ForkStrategy(Strategy):
         """Block until one of our children may have exited, or ``timeout`` passes."""
         pidfds = [fd for fd in self.active_children.values() if fd is not None]
         if pidfds and len(pidfds) == len(self.active_children):
-            with contextlib.suppress(InterruptedError):
+            # OSError: a signal handler's server_close() closed the pidfds under us.
+            with contextlib.suppress(InterruptedError, OSError):
                 select.select(pidfds, [], [], timeout)
         else:  # no pidfds on this platform: poll our own pids, never waitpid(-1)
             time.sleep(0.005 if timeout is None else max(0.0, min(0.005, timeout)))

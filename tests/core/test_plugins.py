@@ -1,0 +1,250 @@
+"""Strategies come from plugins: the built-ins, and third parties found through REAL entry points
+(a ``*.dist-info`` directory with ``entry_points.txt`` on sys.path), and broken plugins give
+errors naming the entry point and the distribution."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+from core_helpers import ask, serve
+from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
+
+import gearshift
+from gearshift.core import strategy_origins
+
+pytestmark = pytest.mark.timeout(20)
+
+REVERSED_PLUGIN = '''\
+import gearshift
+class ReversedSync(gearshift.Strategy):
+    name = "reversed-sync"
+    def process_request(self, request, client_address):
+        try:
+            self.server.finish_request(request, client_address)
+        except Exception:
+            self.server.handle_error(request, client_address)
+        finally:
+            self.server.shutdown_request(request)
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [ReversedSync]
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """Returns ``install(module, source, dist=..., entry_point=...)``, which writes a module and a
+    ``<dist>-<version>.dist-info`` declaring it under the ``gearshift.strategies`` group in a
+    directory on sys.path. The modules are dropped from sys.modules afterwards."""
+    modules: list[str] = []
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def install(module: str, source: str, *, dist: str, entry_point: str, version: str = "1.0",
+                value: str | None = None) -> None:
+        modules.append(module)
+        (tmp_path / f"{module}.py").write_text(source)
+        # As in a wheel, the directory name escapes "-" in the distribution name as "_"
+        # (importlib.metadata reads the name up to the first "-" of the directory name).
+        info = tmp_path / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[gearshift.strategies]\n{entry_point} = {value or module}\n")
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_builtin_strategies_are_available():
+    strategies = gearshift.available_strategies()
+    assert {"sync", "thread", "fork"} <= set(strategies)
+    for name in ("sync", "thread", "fork"):
+        assert issubclass(strategies[name], gearshift.Strategy)
+        assert strategies[name].name == name
+        assert strategy_origins()[name] == "built-in"
+        assert strategies[name].description()
+    assert strategies["thread"].multithread and not strategies["thread"].multiprocess
+    assert strategies["fork"].multiprocess and not strategies["fork"].multithread
+    assert strategies["thread"].option_defaults() == {"daemon_threads": False, "block_on_close": True}
+    assert strategies["fork"].option_defaults() == {"max_children": 40, "block_on_close": True}
+    assert strategies["sync"].option_defaults() == {}
+
+
+def test_available_strategies_is_read_only():
+    with pytest.raises(TypeError):
+        gearshift.available_strategies()["mine"] = gearshift.Strategy  # type: ignore[index]
+
+
+def test_third_party_strategy_through_a_real_entry_point(tmp_path, monkeypatch):
+    (tmp_path / "myplugin.py").write_text(REVERSED_PLUGIN)
+    info = tmp_path / "myplugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[gearshift.strategies]\nreversed = myplugin\n")
+    try:
+        assert "reversed-sync" not in gearshift.available_strategies()
+        with monkeypatch.context() as patch:
+            patch.syspath_prepend(str(tmp_path))
+            strategies = gearshift.available_strategies()
+            assert "reversed-sync" in strategies
+            assert strategies["reversed-sync"].__module__ == "myplugin"
+            assert {"sync", "thread", "fork"} <= set(strategies)
+            origin = strategy_origins()["reversed-sync"]
+            assert "myplugin 1.0" in origin and "'reversed'" in origin
+            server = gearshift.Server(("127.0.0.1", 0), _Echo, strategy="reversed-sync")
+            assert server.strategy.name == "reversed-sync"
+            with serve(server):
+                assert ask(server.server_address, "plugin") == "plugin"
+                assert ask(server.server_address, "again") == "again"
+        # sys.path restored: the registry is rebuilt without the plugin
+        assert "reversed-sync" not in gearshift.available_strategies()
+        with pytest.raises(gearshift.UnknownStrategyError):
+            gearshift.Server(("127.0.0.1", 0), _Echo, strategy="reversed-sync")
+    finally:
+        sys.modules.pop("myplugin", None)
+
+
+class _Echo:
+    """A minimal handler class without socketserver: anything callable as (request, addr, server)."""
+
+    def __init__(self, request, client_address, server):
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = request.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        request.sendall(data)
+
+
+def test_plugin_that_fails_to_import(plugin_dir):
+    plugin_dir("gs_broken_import", "raise ImportError('missing dependency frobnicate')\n",
+               dist="broken-import-dist", entry_point="brokenimport")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "broken-import-dist 1.0" in message
+    assert "'brokenimport'" in message
+    assert "frobnicate" in message
+    # the server cannot be built either, with the same clear error
+    with pytest.raises(gearshift.PluginError):
+        gearshift.Server(("127.0.0.1", 0), _Echo)
+
+
+def test_plugin_entry_point_naming_a_missing_module(plugin_dir):
+    plugin_dir("gs_present_module", "", dist="typo-dist", entry_point="typo", value="gs_no_such_module")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    assert "typo-dist 1.0" in str(info.value) and "'typo'" in str(info.value)
+    assert "gs_no_such_module" in str(info.value)
+
+
+def test_plugin_returning_a_non_strategy(plugin_dir):
+    plugin_dir("gs_not_a_strategy", textwrap.dedent('''\
+        import gearshift
+        class NotAStrategy:
+            name = "not-a-strategy"
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            return [NotAStrategy]
+        '''), dist="wrong-type-dist", entry_point="wrongtype")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "wrong-type-dist 1.0" in message and "'wrongtype'" in message
+    assert "NotAStrategy" in message and "not a gearshift.Strategy subclass" in message
+
+
+def test_plugin_returning_something_other_than_a_list(plugin_dir):
+    plugin_dir("gs_not_a_list", textwrap.dedent('''\
+        import gearshift
+        class Single(gearshift.Strategy):
+            name = "single"
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            return Single
+        '''), dist="not-a-list-dist", entry_point="notalist")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    assert "not-a-list-dist 1.0" in str(info.value) and "'notalist'" in str(info.value)
+
+
+def test_plugin_whose_hook_raises(plugin_dir):
+    plugin_dir("gs_hook_raises", textwrap.dedent('''\
+        import gearshift
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            raise RuntimeError("hook blew up")
+        '''), dist="raising-dist", entry_point="raising")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    assert "raising-dist 1.0" in str(info.value) and "'raising'" in str(info.value)
+    assert "hook blew up" in str(info.value)
+
+
+def test_plugin_strategy_without_a_name(plugin_dir):
+    plugin_dir("gs_nameless", textwrap.dedent('''\
+        import gearshift
+        class Nameless(gearshift.Strategy):
+            def process_request(self, request, client_address):
+                self.handle_connection(request, client_address)
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            return [Nameless]
+        '''), dist="nameless-dist", entry_point="nameless")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "nameless-dist 1.0" in message and "'nameless'" in message
+    assert "Nameless" in message and "without a name" in message
+
+
+def _strategy_source(class_name: str, strategy_name: str) -> str:
+    return textwrap.dedent(f'''\
+        import gearshift
+        class {class_name}(gearshift.Strategy):
+            name = {strategy_name!r}
+            def process_request(self, request, client_address):
+                self.handle_connection(request, client_address)
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            return [{class_name}]
+        ''')
+
+
+def test_two_plugins_providing_the_same_name(plugin_dir):
+    plugin_dir("gs_dup_one", _strategy_source("First", "duplicated"), dist="dup-one-dist", entry_point="dupone")
+    plugin_dir("gs_dup_two", _strategy_source("Second", "duplicated"), dist="dup-two-dist", entry_point="duptwo")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "'duplicated'" in message
+    for part in ("dup-one-dist 1.0", "'dupone'", "gs_dup_one.First", "dup-two-dist 1.0", "'duptwo'", "gs_dup_two.Second"):
+        assert part in message
+
+
+def test_plugin_reusing_a_builtin_name(plugin_dir):
+    plugin_dir("gs_fake_sync", _strategy_source("FakeSync", "sync"), dist="impostor-dist", entry_point="impostor")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "'sync'" in message and "built-in" in message
+    assert "impostor-dist 1.0" in message and "'impostor'" in message and "FakeSync" in message
+
+
+def test_two_entry_points_for_one_module_register_it_once(plugin_dir):
+    plugin_dir("gs_listed_twice", _strategy_source("Twice", "twice-listed"), dist="twice-a", entry_point="twicea")
+    plugin_dir("gs_listed_twice_other", "", dist="twice-b", entry_point="twiceb", value="gs_listed_twice")
+    assert "twice-listed" in gearshift.available_strategies()
+
+
+def test_plugin_returning_nothing_is_ignored(plugin_dir):
+    plugin_dir("gs_returns_none", textwrap.dedent('''\
+        import gearshift
+        @gearshift.hookimpl
+        def gearshift_strategies():
+            return None
+        '''), dist="none-dist", entry_point="none")
+    assert {"sync", "thread", "fork"} <= set(gearshift.available_strategies())

@@ -1,0 +1,494 @@
+"""gearshift.Server: socketserver compatibility, configuration errors, the loop's life cycle
+(shutdown, serve again, handle_request, verify_request, handle_error) and connections handed
+back to the loop with resume_when_readable()."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+from core_helpers import (
+    HANG_GUARD,
+    ForkServerProcess,
+    LineHandler,
+    ask,
+    closed_by_peer,
+    connect,
+    read_line,
+    serve,
+)
+from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
+
+import gearshift
+
+pytestmark = pytest.mark.timeout(30)
+
+LOCALHOST = ("127.0.0.1", 0)
+IN_PROCESS_STRATEGIES = ["sync", "thread"]
+
+
+# -- every strategy serves concurrent clients with a stdlib handler ------------------------------
+
+
+def _concurrent_clients(address, server_pid: int, expect_other_pid: bool) -> None:
+    texts = [f"client-{i}" for i in range(20)]
+    replies: dict[str, str] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(texts))
+
+    def client(i: int, text: str) -> None:
+        try:
+            start.wait(HANG_GUARD)
+            line = f"sleep 0.05 {text}" if i % 2 else f"echo {text}"
+            replies[text] = ask(address, line)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i, t)) for i, t in enumerate(texts)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(HANG_GUARD * 2)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert sorted(replies) == sorted(texts)
+    for text, reply in replies.items():
+        echoed, pid = reply.split()
+        assert echoed == text
+        assert (int(pid) != server_pid) == expect_other_pid
+
+
+@pytest.mark.parametrize("strategy", ["sync", "thread", "fork"])
+def test_every_strategy_serves_concurrent_clients(strategy):
+    if strategy == "fork":  # never fork from the multi-threaded pytest process
+        with ForkServerProcess("--max-children", "5") as server:
+            _concurrent_clients(server.address, server.pid, expect_other_pid=True)
+            server.terminate()
+        return
+    with serve(gearshift.Server(LOCALHOST, LineHandler, strategy=strategy)) as server:
+        assert server.strategy.name == strategy
+        _concurrent_clients(server.server_address, os.getpid(), expect_other_pid=False)
+
+
+# -- socketserver's attributes and set-up methods ---------------------------------------------
+
+
+def test_socketserver_attributes_and_context_manager():
+    with gearshift.Server(LOCALHOST, LineHandler) as server:
+        host, port = server.server_address
+        assert host == "127.0.0.1" and port > 0
+        assert server.RequestHandlerClass is LineHandler
+        assert server.timeout is None
+        assert isinstance(server.socket, socket.socket)
+        assert server.fileno() == server.socket.fileno()
+        assert server.address_family == socket.AF_INET
+        assert server.socket_type == socket.SOCK_STREAM
+        assert server.strategy.name == "sync"
+        assert str(port) in repr(server) and "sync" in repr(server)
+    assert server.socket.fileno() == -1  # closed by __exit__
+    server.server_close()  # idempotent
+
+
+def test_bind_and_activate_false_then_bind_by_hand():
+    server = gearshift.Server(LOCALHOST, LineHandler, bind_and_activate=False)
+    try:
+        server.server_bind()
+        server.server_activate()
+    except BaseException:
+        server.server_close()
+        raise
+    with serve(server):
+        assert ask(server.server_address, "echo manual").split()[0] == "manual"
+
+
+def test_bind_failure_raises_and_leaks_nothing():
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            gearshift.Server(("127.0.0.1", port), LineHandler)
+
+
+def test_closed_server_refuses_to_serve():
+    server = gearshift.Server(LOCALHOST, LineHandler)
+    server.server_close()
+    with pytest.raises(ValueError):
+        server.serve_forever()
+
+
+# -- configuration errors -----------------------------------------------------------------------
+
+
+def test_unknown_strategy_names_it_and_lists_available_ones():
+    with pytest.raises(gearshift.UnknownStrategyError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy="threads")
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert "'threads'" in message
+    for name in ("fork", "sync", "thread"):
+        assert name in message
+    assert info.value.name == "threads"
+    assert {"fork", "sync", "thread"} <= set(info.value.available)
+
+
+def test_misspelt_option_names_option_strategy_and_accepted_options():
+    with pytest.raises(TypeError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy="thread", daemon_thread=True)
+    message = str(info.value)
+    assert "'daemon_thread'" in message
+    assert "'thread'" in message
+    assert "daemon_threads" in message and "block_on_close" in message
+
+
+def test_option_of_another_strategy_is_refused():
+    with pytest.raises(TypeError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy="sync", max_children=3)
+    assert "'max_children'" in str(info.value) and "'sync'" in str(info.value)
+    assert "no options" in str(info.value)
+
+
+def test_several_unknown_options_are_all_named():
+    with pytest.raises(TypeError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy="fork", max_child=3, block_on_exit=True)
+    message = str(info.value)
+    assert "'max_child'" in message and "'block_on_exit'" in message
+    assert "max_children" in message and "block_on_close" in message
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options", "named"),
+    [
+        ("fork", {"max_children": 0}, "max_children"),
+        ("fork", {"max_children": -3}, "max_children"),
+        ("fork", {"max_children": "3"}, "max_children"),
+        ("fork", {"max_children": True}, "max_children"),
+        ("fork", {"block_on_close": "yes"}, "block_on_close"),
+        ("thread", {"daemon_threads": 1}, "daemon_threads"),
+        ("thread", {"block_on_close": None}, "block_on_close"),
+        ("sync", {"drain_timeout": -1}, "drain_timeout"),
+        ("sync", {"drain_timeout": "1"}, "drain_timeout"),
+    ],
+)
+def test_invalid_option_values_raise_value_error(strategy, options, named):
+    with pytest.raises(ValueError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy=strategy, **options)
+    assert named in str(info.value)
+
+
+def test_invalid_address_is_refused():
+    with pytest.raises(ValueError):
+        gearshift.Server(12345, LineHandler)
+
+
+def test_strategy_must_be_a_name_or_strategy_subclass():
+    with pytest.raises(TypeError):
+        gearshift.Server(LOCALHOST, LineHandler, strategy=object)
+
+
+def test_strategy_given_as_a_subclass():
+    calls = []
+
+    class Inline(gearshift.Strategy):
+        name = "inline-test"
+
+        def process_request(self, request, client_address):
+            calls.append(client_address)
+            self.handle_connection(request, client_address)
+
+    with serve(gearshift.Server(LOCALHOST, LineHandler, strategy=Inline)) as server:
+        assert isinstance(server.strategy, Inline)
+        assert server.strategy.name == "inline-test"
+        assert ask(server.server_address, "echo direct").split()[0] == "direct"
+    assert len(calls) == 1
+    assert "inline-test" not in gearshift.available_strategies()  # passing it does not register it
+
+
+# -- shutdown() ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_shutdown_returns_even_with_a_huge_poll_interval(strategy):
+    server = gearshift.Server(LOCALHOST, LineHandler, strategy=strategy)
+    with serve(server, poll_interval=30):
+        # One request proves the loop is running (and now sitting in select() for up to 30 s).
+        assert ask(server.server_address, "echo up").startswith("up")
+        server.shutdown()  # must not wait out poll_interval; the 10 s test timeout guards it
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_no_connection_is_accepted_after_shutdown_returns(strategy):
+    handled = []
+
+    class Recording(LineHandler):
+        def handle(self):
+            handled.append(self.client_address)
+            super().handle()
+
+    server = gearshift.Server(LOCALHOST, Recording, strategy=strategy)
+    with serve(server):
+        assert ask(server.server_address, "echo before").startswith("before")
+        server.shutdown()
+        # The kernel still completes the handshake (the listener stays open until
+        # server_close), but the handler must never run.
+        with connect(server.server_address, timeout=5) as late:
+            late.sendall(b"echo late\n")
+            time.sleep(0.3)
+            assert len(handled) == 1
+            server.server_close()
+            assert closed_by_peer(late)
+    assert len(handled) == 1
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_serve_forever_can_run_again_after_shutdown(strategy):
+    server = gearshift.Server(LOCALHOST, LineHandler, strategy=strategy)
+    try:
+        for run in range(3):
+            thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+            thread.start()
+            try:
+                assert ask(server.server_address, f"echo run{run}").startswith(f"run{run} ")
+            finally:
+                server.shutdown()
+                thread.join(HANG_GUARD)
+            assert not thread.is_alive()
+    finally:
+        server.server_close()
+
+
+def test_shutdown_before_serve_forever_makes_it_return():
+    # socketserver would deadlock here; gearshift's shutdown() returns and the next
+    # serve_forever() returns at once instead of serving forever.
+    server = gearshift.Server(LOCALHOST, LineHandler)
+    try:
+        server.shutdown()
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        thread.join(HANG_GUARD)
+        assert not thread.is_alive()
+    finally:
+        server.server_close()
+
+
+class SlowHandler(socketserver.StreamRequestHandler):
+    started: threading.Event
+
+    def handle(self):
+        line = self.rfile.readline()
+        self.started.set()
+        time.sleep(0.5)
+        self.wfile.write(b"finished " + line)
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_in_flight_request_completes_through_shutdown_and_server_close(strategy):
+    handler = type("Slow", (SlowHandler,), {"started": threading.Event()})
+    server = gearshift.Server(LOCALHOST, handler, strategy=strategy)
+    with serve(server), connect(server.server_address) as client:
+        client.sendall(b"slow\n")
+        assert handler.started.wait(HANG_GUARD)
+        server.shutdown()
+        server.server_close()
+        assert read_line(client) == b"finished slow\n"
+
+
+# -- handle_request(), verify_request(), handle_error() ---------------------------------------
+
+
+def test_handle_request_serves_one_connection():
+    with gearshift.Server(LOCALHOST, LineHandler) as server, connect(server.server_address) as client:
+        client.sendall(b"echo once\n")
+        server.handle_request()
+        assert read_line(client).split()[0] == b"once"
+
+
+@pytest.mark.timeout(10)
+def test_handle_request_with_timeout_calls_handle_timeout():
+    timeouts = []
+
+    class TimingOut(gearshift.Server):
+        timeout = 0.1
+
+        def handle_timeout(self):
+            timeouts.append(time.monotonic())
+
+    with TimingOut(LOCALHOST, LineHandler) as server:
+        server.handle_request()
+        assert len(timeouts) == 1
+        server.timeout = 0.05  # an instance attribute works too
+        server.handle_request()
+        assert len(timeouts) == 2
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_verify_request_false_closes_without_calling_handler(strategy):
+    handled = []
+
+    class Picky(gearshift.Server):
+        refuse = True
+
+        def verify_request(self, request, client_address):
+            return not self.refuse
+
+    class Recording(LineHandler):
+        def handle(self):
+            handled.append(1)
+            super().handle()
+
+    server = Picky(LOCALHOST, Recording, strategy=strategy)
+    with serve(server), connect(server.server_address) as client:
+        client.sendall(b"echo refused\n")
+        assert closed_by_peer(client)
+        assert handled == []
+        server.refuse = False
+        assert ask(server.server_address, "echo welcome").startswith("welcome")
+    assert handled == [1]
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_handle_error_is_called_and_logged_and_server_keeps_serving(strategy, caplog):
+    errors = []
+
+    class Failing(LineHandler):
+        def handle(self):
+            raise RuntimeError("handler exploded")
+
+    class Recording(gearshift.Server):
+        def handle_error(self, request, client_address):
+            errors.append(client_address)
+            super().handle_error(request, client_address)
+
+    server = Recording(LOCALHOST, Failing, strategy=strategy)
+    with caplog.at_level(logging.ERROR, logger="gearshift"), serve(server):
+        for _ in range(2):
+            with connect(server.server_address) as client:
+                client.sendall(b"echo boom\n")
+                assert closed_by_peer(client)  # closed after the error
+        server.RequestHandlerClass = LineHandler
+        assert ask(server.server_address, "echo still-here").startswith("still-here")
+    assert len(errors) == 2
+    records = [r for r in caplog.records if r.name == "gearshift" and r.levelno >= logging.ERROR]
+    assert len(records) == 2
+    assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in records)
+
+
+def test_service_actions_runs_every_loop_turn():
+    turns = threading.Semaphore(0)
+
+    class Counting(gearshift.Server):
+        def service_actions(self):
+            super().service_actions()
+            turns.release()
+
+    with serve(Counting(LOCALHOST, LineHandler), poll_interval=0.01):
+        for _ in range(5):  # turns keep coming while idle
+            assert turns.acquire(timeout=HANG_GUARD)
+
+
+def test_process_request_can_be_overridden():
+    seen = []
+
+    class Wrapping(gearshift.Server):
+        def process_request(self, request, client_address):
+            seen.append(client_address)
+            super().process_request(request, client_address)
+
+    with serve(Wrapping(LOCALHOST, LineHandler, strategy="thread")) as server:
+        assert ask(server.server_address, "echo wrapped").startswith("wrapped")
+    assert len(seen) == 1
+
+
+# -- server_close() from a signal handler on the loop thread ----------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_shutdown_and_server_close_from_a_signal_handler_stop_serve_forever_cleanly():
+    """The pattern a command-line server uses: SIGTERM's handler calls shutdown() then
+    server_close() while serve_forever() runs in the main thread (here: SIGUSR1, since
+    pytest-timeout owns SIGALRM). serve_forever() must return normally."""
+    server = gearshift.Server(LOCALHOST, LineHandler)
+    handled = []
+
+    def on_signal(signum, frame):
+        handled.append(signum)
+        server.shutdown()
+        server.server_close()
+
+    def poke() -> None:
+        ask(server.server_address, "echo up")  # the loop is running
+        time.sleep(0.3)  # let it go back to waiting in select(), where a signal usually lands
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    poker = threading.Thread(target=poke)
+    try:
+        poker.start()
+        server.serve_forever(poll_interval=5)
+    finally:
+        poker.join(HANG_GUARD)
+        signal.signal(signal.SIGUSR1, previous)
+        server.server_close()
+    assert handled == [signal.SIGUSR1]
+
+
+# -- resume_when_readable: connections handed back to the loop --------------------------------
+
+
+class ResumingHandler(socketserver.BaseRequestHandler):
+    """Reads one line, answers ``LINE THREAD-ID``, then gives the connection back to the loop."""
+
+    idle_timeout: float | None = None
+    instances = 0
+
+    def handle(self):
+        type(self).instances += 1
+        line = read_line(self.request)
+        if not line:
+            return
+        self.request.sendall(line.strip() + f" {threading.get_ident()}\n".encode())
+        self.resumed = self.server.resume_when_readable(self.request, self.client_address, self.idle_timeout)
+        assert self.resumed
+
+
+def resuming(idle_timeout=None):
+    return type("Resuming", (ResumingHandler,), {"idle_timeout": idle_timeout, "instances": 0})
+
+
+def test_idle_timeout_closes_a_parked_connection():
+    handler = resuming(idle_timeout=0.2)
+    server = gearshift.Server(LOCALHOST, handler)
+    with serve(server), connect(server.server_address) as client:
+        client.sendall(b"hello\n")
+        assert read_line(client).startswith(b"hello ")
+        assert client.recv(100) == b""  # EOF once the idle timeout passes
+        # the loop is still serving others
+        with connect(server.server_address) as other:
+            other.sendall(b"other\n")
+            assert read_line(other).startswith(b"other ")
+
+
+def test_idle_connection_without_timeout_stays_open_and_is_closed_by_server_close():
+    handler = resuming(idle_timeout=None)
+    server = gearshift.Server(LOCALHOST, handler)
+    with serve(server), connect(server.server_address) as client:
+        for i in range(3):
+            client.sendall(f"req{i}\n".encode())
+            assert read_line(client).startswith(f"req{i} ".encode())
+        assert handler.instances == 3  # a new handler instance per request
+        server.shutdown()
+        server.server_close()
+        assert client.recv(100) == b""
+
+
+def test_resume_when_readable_is_refused_by_a_closed_server():
+    server = gearshift.Server(LOCALHOST, LineHandler)
+    server.server_close()
+    a, b = socket.socketpair()
+    with a, b:
+        assert server.resume_when_readable(a, "peer", 1.0) is False

@@ -1,0 +1,114 @@
+"""A gearshift ``fork`` server in its own process, for the fork tests.
+
+The tests never fork from the (multi-threaded) pytest process: they run this script with
+``sys.executable`` instead. It binds 127.0.0.1 on a free port, prints the port as the first line
+of stdout (flushed), and serves in its main thread until SIGTERM, whose handler calls
+``server.shutdown()`` then ``server.server_close()`` (which drains in-flight children).
+
+The handler speaks a one-line protocol; the first line a client sends is a command:
+
+``echo TEXT``         reply ``TEXT PID``
+``sleep SECS TEXT``   sleep SECS seconds, then reply ``TEXT PID``
+``slow SECS TEXT``    reply ``started PID`` at once, sleep SECS seconds, then reply ``TEXT PID``
+``wait TOKEN``        reply ``started PID`` at once, read lines until one is ``finish``, then
+                      reply ``done TOKEN PID``
+``print TEXT``        print ``CHILD TEXT`` on stdout (not flushed), then reply ``TEXT PID``
+``resume``            reply ``resume=RESULT PID``, RESULT being what resume_when_readable() returned
+``boom``              raise an exception (the child's handle_error logs it on stderr)
+
+``PID`` is the process that ran the handler. Options:
+
+``--max-children N``   the fork strategy's max_children (default 40)
+``--drain-timeout S``  Server(drain_timeout=S)
+``--poll-interval S``  serve_forever(poll_interval=S) (default 0.1)
+``--unflushed TEXT``   after printing the port, write TEXT to stdout without flushing
+``--atexit``           register an atexit handler printing ``ATEXIT PID``
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import signal
+import socketserver
+import sys
+import time
+
+import gearshift
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def reply(self, text: str) -> None:
+        self.wfile.write(f"{text} {os.getpid()}\n".encode())
+        self.wfile.flush()
+
+    def handle(self) -> None:
+        line = self.rfile.readline().decode().strip()
+        command, _, rest = line.partition(" ")
+        if command == "sleep":
+            secs, _, text = rest.partition(" ")
+            time.sleep(float(secs))
+            self.reply(text)
+        elif command == "slow":
+            secs, _, text = rest.partition(" ")
+            self.reply("started")
+            time.sleep(float(secs))
+            self.reply(text)
+        elif command == "wait":
+            self.reply("started")
+            while True:
+                got = self.rfile.readline()
+                if not got or got.strip() == b"finish":
+                    break
+            self.reply(f"done {rest}")
+        elif command == "print":
+            sys.stdout.write(f"CHILD {rest}\n")  # deliberately not flushed
+            self.reply(rest)
+        elif command == "resume":
+            result = self.server.resume_when_readable(self.request, self.client_address, 1.0)
+            self.reply(f"resume={result}")
+        elif command == "boom":
+            raise RuntimeError("handler exploded in the child")
+        else:  # "echo" and anything else
+            self.reply(rest)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max-children", type=int, default=40)
+    parser.add_argument("--drain-timeout", type=float, default=None)
+    parser.add_argument("--poll-interval", type=float, default=0.1)
+    parser.add_argument("--unflushed", default=None)
+    parser.add_argument("--atexit", action="store_true")
+    args = parser.parse_args()
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.atexit:
+        atexit.register(lambda: print(f"ATEXIT {os.getpid()}", flush=True))
+
+    server = gearshift.Server(
+        ("127.0.0.1", 0), Handler, strategy="fork",
+        max_children=args.max_children, drain_timeout=args.drain_timeout,
+    )
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not abort the drain
+        server.shutdown()
+        server.server_close()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    sys.stdout.write(f"{server.server_address[1]}\n")
+    sys.stdout.flush()
+    if args.unflushed is not None:
+        sys.stdout.write(args.unflushed)  # left in the buffer: a child must not write it again
+    try:
+        server.serve_forever(poll_interval=args.poll_interval)
+    finally:
+        server.server_close()
+    print(f"EXIT {os.getpid()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
