@@ -492,3 +492,22 @@ def test_resume_when_readable_is_refused_by_a_closed_server():
     a, b = socket.socketpair()
     with a, b:
         assert server.resume_when_readable(a, "peer", 1.0) is False
+
+
+class _StopsBeforeItsLoop(gearshift.Strategy):
+    """A supervisor-like strategy: shutdown() arrives on the serving thread before run_loop()."""
+
+    name = "stops-before-its-loop"
+
+    def serve(self, run_loop):
+        self.server.shutdown()  # as a signal handler on this thread would: must not wait for itself
+        run_loop()
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+@pytest.mark.timeout(10)
+def test_shutdown_on_the_serving_thread_outside_the_loop_does_not_hang():
+    with gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=_StopsBeforeItsLoop) as server:
+        server.serve_forever(poll_interval=30)  # returns at once: the stop was recorded

@@ -92,6 +92,7 @@ class Server:
         self._unix_paths: list[tuple[str, int, int]] = []  # (path, inode, creator pid) to unlink
         self._loop: _LoopState | None = None
         self._loop_thread: int | None = None
+        self._serving_thread: int | None = None
         self._shutdown_requested = False
         self._is_shut_down = threading.Event()
         self._is_shut_down.set()
@@ -175,11 +176,15 @@ class Server:
         ``poll_interval`` is now only how often ``service_actions()`` runs while idle (reaping);
         ``shutdown()`` does not wait for it.
         """
+        # Recorded before anything else, so that shutdown() from a signal handler on this thread
+        # never waits for itself, even outside the loop proper (a supervisor's serve()).
+        self._serving_thread = threading.get_ident()
         self._is_shut_down.clear()
         try:
             self.strategy.serve(lambda: self._run_loop(poll_interval))
         finally:
             self._shutdown_requested = False
+            self._serving_thread = None
             self._is_shut_down.set()
 
     def shutdown(self) -> None:
@@ -194,7 +199,7 @@ class Server:
         loop = self._loop
         if loop is not None and loop.pid == os.getpid():
             loop.waker.wake()
-        if threading.get_ident() == self._loop_thread:
+        if threading.get_ident() in (self._loop_thread, self._serving_thread):
             return
         self._is_shut_down.wait()
 

@@ -28,6 +28,10 @@ server uses it:
     Called by ``server_close()`` after the listeners are closed: wait for in-flight work (when the
     strategy's ``block_on_close`` says so), at most ``timeout`` seconds if not None, then abandon or
     terminate what remains and log it.
+
+``terminate()``
+    Stop every worker at once, without waiting for requests (a second Ctrl+C). It may run in a
+    signal handler, so it must not log or take locks; it returns how many workers it stopped.
 """
 
 from __future__ import annotations
@@ -79,6 +83,10 @@ class Strategy:
 
     def close(self, timeout: float | None = None) -> None:
         """Drain in-flight work for ``server_close()``. The default has nothing in flight."""
+
+    def terminate(self) -> int:
+        """Stop workers at once; return how many. Threads cannot be stopped: the default is 0."""
+        return 0
 
     # -- helpers for subclasses and for the server --------------------------------------------
 

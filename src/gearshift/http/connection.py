@@ -381,6 +381,7 @@ class Exchange:
 
     def _frame(self, data: bytes) -> bytes:
         if self.chunked:
+            self.sent += len(data)
             return b"%x\r\n%b\r\n" % (len(data), data)
         if self.remaining is not None:
             if len(data) > self.remaining:

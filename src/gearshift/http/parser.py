@@ -114,6 +114,24 @@ _SPECIAL = {
     b"connection": _CONN_H,
     b"expect": _EXPECT_H,
 }
+#: _SPECIAL plus the usual spellings of common header names, to skip most ``name.lower()``s.
+_KIND = {
+    **_SPECIAL,
+    **{name.title(): kind for name, kind in _SPECIAL.items()},
+    **{
+        spelling: 0
+        for name in (
+            b"accept", b"accept-encoding", b"accept-language", b"accept-charset", b"authorization",
+            b"cache-control", b"content-type", b"cookie", b"dnt", b"if-match", b"if-modified-since",
+            b"if-none-match", b"if-range", b"if-unmodified-since", b"origin", b"pragma", b"priority",
+            b"range", b"referer", b"sec-fetch-dest", b"sec-fetch-mode", b"sec-fetch-site",
+            b"sec-fetch-user", b"te", b"trailer", b"upgrade", b"upgrade-insecure-requests",
+            b"user-agent", b"via", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+            b"x-real-ip", b"x-request-id", b"x-requested-with",
+        )
+        for spelling in (name, name.title())
+    },
+}
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
 # Parser states.
@@ -127,7 +145,24 @@ _SYNTHETIC = 6  # llhttp is parsing the synthetic head of _after_upgrade
 
 
 class Request:
-    """One parsed request head, plus its body as it arrives (see the module docstring)."""
+    """One parsed request head, plus its body as it arrives.
+
+    * ``method`` — the method token as received (case-sensitive): ``"GET"``, ``"FOO"``.
+    * ``target`` — the raw request-target: ``b"/a%20b?x=1"``, ``b"http://h/p"``, ``b"*"``.
+    * ``path`` / ``query`` — the target's path (still percent-encoded) and its query without
+      ``?`` (``b""`` if none). For absolute-form they come from the URL (empty path: ``b"/"``);
+      for ``*`` the path is ``b"*"``.
+    * ``version`` — ``"1.0"`` or ``"1.1"``.
+    * ``headers`` — ``(name, value)`` pairs in order; names as received, values with
+      surrounding whitespace stripped. Trailers of a chunked body are not included.
+    * ``keep_alive`` — whether the connection may carry another request after this one.
+    * ``expect_continue`` — ``Expect: 100-continue`` on an HTTP/1.1 request.
+    * ``chunked`` / ``content_length`` — the body framing (``content_length`` is ``None`` when
+      absent or chunked; no framing means no body).
+    * ``body`` — body bytes parsed and not yet taken by the consumer (``del body[:n]``).
+    * ``body_received`` — body bytes parsed so far in total.
+    * ``complete`` — the whole message (including any trailers) has been parsed.
+    """
 
     __slots__ = (
         "method",
@@ -243,6 +278,10 @@ class RequestParser:
     # -- public API ----------------------------------------------------------------------------
 
     @property
+    def limits(self) -> ProtocolLimits:
+        return self._limits
+
+    @property
     def idle(self) -> bool:
         """True when no part of a request is buffered or being received (between requests)."""
         state = self._state
@@ -254,18 +293,46 @@ class RequestParser:
             raise self._error
         if type(data) is not bytes:
             data = bytes(data)
+        pos = 0
+        n = len(data)
+        view: memoryview | None = None
         try:
-            self._feed(data)
+            while pos < n:
+                state = self._state
+                if state == _HEAD:
+                    if not self._buf and data[pos] != 13:
+                        # Fast path: nothing buffered, and the data holds a whole head.
+                        end = data.find(b"\r\n\r\n", pos)
+                        if end >= 0:
+                            end += 4
+                            self._start_request(data if pos == 0 and end == n else data[pos:end])
+                            pos = end
+                            continue
+                    pos = self._feed_head(data, pos, n)
+                elif state == _BODY:
+                    take = self._remaining
+                    if take > n - pos:
+                        take = n - pos
+                    if view is None:
+                        view = memoryview(data)
+                    self._remaining -= take
+                    self._ll_feed(view[pos : pos + take])
+                    pos += take
+                elif state == _CHUNKED:
+                    if view is None:
+                        view = memoryview(data)
+                    pos = self._feed_chunked(data, view, pos, n)
+                else:  # _CLOSED: the connection ends after the last request; ignore the rest
+                    return
         except HTTPError as exc:
             self._die(exc)
             raise
-        except HttpParserError as exc:  # pragma: no cover - every llhttp call is wrapped
-            error = HTTPError(400, _reason(exc))
-            self._die(error)
-            raise error from None
 
     def feed_eof(self) -> None:
-        """The peer closed its side. Raises ``HTTPError(400)`` if a request was cut short."""
+        """The peer closed its side. Raises ``HTTPError(400)`` if a request was cut short.
+
+        Between requests it does nothing, and any bytes fed afterwards are ignored.
+        """
         if self._error is not None:
             raise self._error
         state = self._state
@@ -286,30 +353,6 @@ class RequestParser:
         self._state = _DEAD
         self._buf = bytearray()
         self._cur = None
-
-    def _feed(self, data: bytes) -> None:
-        pos = 0
-        n = len(data)
-        view: memoryview | None = None
-        while pos < n:
-            state = self._state
-            if state == _HEAD:
-                pos = self._feed_head(data, pos, n)
-            elif state == _BODY:
-                take = self._remaining
-                if take > n - pos:
-                    take = n - pos
-                if view is None:
-                    view = memoryview(data)
-                self._remaining -= take
-                self._ll_feed(view[pos : pos + take])
-                pos += take
-            elif state == _CHUNKED:
-                if view is None:
-                    view = memoryview(data)
-                pos = self._feed_chunked(data, view, pos, n)
-            else:  # _CLOSED: the connection ends after the last request; ignore the rest
-                return
 
     def _feed_head(self, data: bytes, pos: int, n: int) -> int:
         """Frame a request head; return the position in ``data`` where it ended (or ``n``)."""
@@ -405,7 +448,8 @@ class RequestParser:
             raise HTTPError(431, "the request header section is too large")
         if head.count(b"\n") - 2 > self._max_headers:
             raise HTTPError(431, "too many request header fields")
-        if block > self._max_header_size and max(map(len, head[rl_end + 2 : -4].split(b"\r\n"))) > self._max_header_size:
+        max_field = self._max_header_size
+        if block > max_field and max(map(len, head[rl_end + 2 : -4].split(b"\r\n"))) > max_field:
             raise HTTPError(431, "a request header field is too large")
         match = _REQUEST_LINE.match(head)
         if match is None:
@@ -444,7 +488,12 @@ class RequestParser:
         self._head = head
         self._hdr_start = rl_end + 2
         self._state = _IN_HEAD
-        self._ll_feed(llhead)
+        try:
+            self._ll.feed_data(llhead)
+        except HttpParserUpgrade:
+            self._after_upgrade()
+        except HttpParserError as exc:
+            raise _error_from(exc) from None
         if self._state == _IN_HEAD:  # pragma: no cover - llhttp and this framing disagree
             raise HTTPError(400, "malformed request head")
 
@@ -478,15 +527,13 @@ class RequestParser:
         return end
 
     def _ll_feed(self, data: bytes | memoryview) -> None:
+        """Give llhttp body bytes."""
         try:
             self._ll.feed_data(data)
-        except HttpParserUpgrade:
-            self._after_upgrade()
+        except HttpParserUpgrade:  # pragma: no cover - only a head can upgrade
+            raise HTTPError(400, "malformed request") from None
         except HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, HTTPError):  # raised by one of our callbacks
-                raise cause from None
-            raise HTTPError(400, _reason(exc)) from None
+            raise _error_from(exc) from None
 
     def _after_upgrade(self) -> None:
         """llhttp stopped after a head with ``Upgrade`` + ``Connection: upgrade``.
@@ -533,10 +580,12 @@ class RequestParser:
         host = b""
         length: bytes | None = None
         codings: list[bytes] | None = None
-        connection: list[bytes] | None = None
+        close = keep = False
         for name, value in headers:
-            kind = _SPECIAL.get(name.lower())
+            kind = _KIND.get(name)
             if kind is None:
+                kind = _SPECIAL.get(name.lower())
+            if not kind:
                 continue
             if kind == _HOST_H:
                 hosts += 1
@@ -550,9 +599,18 @@ class RequestParser:
                     codings = []
                 codings.extend(value.split(b","))
             elif kind == _CONN_H:
-                if connection is None:
-                    connection = []
-                connection.extend(value.split(b","))
+                value = value.lower()
+                if value == b"keep-alive":
+                    keep = True
+                elif value == b"close":
+                    close = True
+                else:
+                    for token in value.split(b","):
+                        token = token.strip(b" \t")
+                        if token == b"close":
+                            close = True
+                        elif token == b"keep-alive":
+                            keep = True
             elif value.lower() == b"100-continue" and request.version == "1.1":
                 request.expect_continue = True
 
@@ -564,14 +622,10 @@ class RequestParser:
         elif host and _HOST.fullmatch(host) is None:
             raise HTTPError(400, "invalid Host header")
 
-        if connection is not None:
-            tokens = {token.strip(b" \t").lower() for token in connection}
-            if b"close" in tokens:
-                request.keep_alive = False
-            elif request.version == "1.0":
-                request.keep_alive = b"keep-alive" in tokens
-        elif request.version == "1.0":
+        if close:
             request.keep_alive = False
+        elif request.version == "1.0":
+            request.keep_alive = keep
 
         if codings is not None:
             if length is not None:
@@ -638,9 +692,13 @@ def _diagnose_request_line(line: bytes) -> HTTPError:
     return HTTPError(505, "HTTP version not supported")
 
 
-def _reason(exc: Exception) -> str:
-    """A safe reason for an llhttp error (llhttp's reasons are fixed ASCII strings)."""
+def _error_from(exc: HttpParserError) -> HTTPError:
+    """The HTTPError for an httptools error: ours if a callback raised it, else a 400."""
+    cause = exc.__context__
+    if isinstance(cause, HTTPError):
+        return cause
+    # llhttp's reasons are fixed ASCII strings; be careful anyway, they go into a response.
     text = str(exc.args[0]) if exc.args else ""
     if not text or not text.isascii() or not text.isprintable() or len(text) > 100:
-        return "malformed request"
-    return "malformed request: " + text
+        return HTTPError(400, "malformed request")
+    return HTTPError(400, "malformed request: " + text)

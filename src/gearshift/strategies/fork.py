@@ -121,6 +121,16 @@ class ForkStrategy(Strategy):
                     os.waitpid(pid, 0)
                 self._forget(pid)
 
+    def terminate(self) -> int:
+        """SIGKILL every child and reap it (safe in a signal handler: no logging, no locks)."""
+        children = list(self.active_children)
+        self._signal_all(signal.SIGKILL)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self._forget(pid)
+        return len(children)
+
     def _wait_for_exit(self, timeout: float | None) -> None:
         """Block until one of our children may have exited, or ``timeout`` passes."""
         pidfds = [fd for fd in self.active_children.values() if fd is not None]
