@@ -19,9 +19,8 @@ import logging
 import os
 import socket
 import socketserver
-import ssl
+import sys
 import time
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +38,23 @@ READ_SIZE = 65536
 #: Unread request body bytes we are willing to read and discard to keep a connection alive;
 #: past this, closing is cheaper than reading.
 DISCARD_LIMIT = 65536
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-_CLIENT_GONE = (ConnectionError, TimeoutError, ssl.SSLError)
+# ssl is imported only by servers that use TLS: it adds megabytes to every process, and the
+# fork strategy pays for each of them on every request. enable_tls() adds its errors.
+_WOULD_BLOCK: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
+_CLIENT_GONE: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+
+
+def enable_tls() -> None:
+    """Treat ssl's want-read/want-write as "would block" and its errors as a client gone."""
+    global _WOULD_BLOCK, _CLIENT_GONE
+    import ssl
+
+    _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+    _CLIENT_GONE = (ConnectionError, TimeoutError, ssl.SSLError)
+
+
+if "ssl" in sys.modules:
+    enable_tls()
 _BODYLESS_STATUS = frozenset({204, 304})
 
 
@@ -499,12 +513,17 @@ def _phrase(status: int) -> str:
 
 
 _date_cache: tuple[int, bytes] = (0, b"")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def http_date() -> bytes:
-    """The Date header value, formatted at most once a second."""
+    """The Date header value (RFC 9110 IMF-fixdate), formatted at most once a second."""
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+        t = time.gmtime(now)
+        text = (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+                f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
+        _date_cache = (now, text.encode("ascii"))
     return _date_cache[1]

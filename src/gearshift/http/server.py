@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import ssl as ssl_module
 import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..core.plugins import resolve_strategy
 from ..core.server import Server
 from ..core.strategy import Strategy
-from .connection import Connection, WSGIRequestHandler, http_date
+from .connection import Connection, WSGIRequestHandler, enable_tls, http_date
 from .errors import HTTPError, ProtocolLimits
 from .wsgi import FileWrapper
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
 
 WSGIApp = Callable[..., Any]
 SERVER_SOFTWARE = f"gearshift/{__version__}"
@@ -80,8 +82,12 @@ class WSGIServer(Server):
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, not {app!r}")
-        if ssl_context is not None and not isinstance(ssl_context, ssl_module.SSLContext):
-            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+        if ssl_context is not None:
+            import ssl as ssl_module  # only TLS servers pay for importing ssl (see enable_tls)
+
+            if not isinstance(ssl_context, ssl_module.SSLContext):
+                raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+            enable_tls()
         self.app = app
         self.config = config or HTTPConfig()
         self.ssl_context = ssl_context
@@ -92,18 +98,22 @@ class WSGIServer(Server):
             listener=listener, drain_timeout=drain_timeout, **strategy_options,
         )
         if ssl_context is not None:
-            self.listeners = [s if isinstance(s, ssl_module.SSLSocket) else self._wrap(s) for s in self.listeners]
+            self.listeners = [self._wrap(s) for s in self.listeners]
         self.base_environ = self._base_environ()
         self._server_header = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 
     def add_listener(self, sock: socket.socket) -> None:
         """Add a listening socket; under ``ssl_context`` it serves HTTPS too."""
-        if getattr(self, "ssl_context", None) is not None and not isinstance(sock, ssl_module.SSLSocket):
+        if getattr(self, "ssl_context", None) is not None:
             sock = self._wrap(sock)
         super().add_listener(sock)
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
+        import ssl as ssl_module
+
         assert self.ssl_context is not None
+        if isinstance(sock, ssl_module.SSLSocket):
+            return sock
         # No handshake in accept(): it happens on the connection's first non-blocking read, so a
         # slow TLS client never stalls the loop.
         wrapped = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
