@@ -14,7 +14,20 @@ from .core import (
     hookimpl,
 )
 from ._version import __version__
-from .http import make_server
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .http import make_server
+
+
+def __getattr__(name: str) -> object:
+    # make_server is imported on first use: a core-only user (socketserver handlers) then never
+    # loads the HTTP layer and httptools, which keeps fork()ed children cheaper.
+    if name == "make_server":
+        from .http import make_server
+
+        return make_server
+    raise AttributeError(f"module 'gearshift' has no attribute {name!r}")
 
 
 __all__ = [

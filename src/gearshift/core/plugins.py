@@ -9,18 +9,23 @@ otherwise, because scanning installed distributions costs milliseconds.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import os
 import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError, UnknownStrategyError
 from .strategy import Strategy
+
+if TYPE_CHECKING:
+    from importlib import metadata
 
 ENTRY_POINT_GROUP = "gearshift.strategies"
 BUILTIN_PLUGINS = (
@@ -136,10 +141,49 @@ def _build_registry() -> Registry:
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
+    if not _may_have_entry_points():
+        return []
+    from importlib import metadata
+
     return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value))
 
 
-def _describe(entry_point: metadata.EntryPoint) -> str:
+def _may_have_entry_points() -> bool:
+    """False only when no distribution on ``sys.path`` can declare a gearshift entry point.
+
+    Why: ``importlib.metadata`` and what it imports (zipfile, email, csv, ...) add several
+    megabytes to the process, and the ``fork`` strategy pays for every megabyte of the parent
+    on every request. Most installations have no gearshift plugin, and this look at the
+    ``entry_points.txt`` files decides that without importing it. Anything this cannot see
+    through (a zip on sys.path, a third-party distribution finder) means "maybe".
+    """
+    standard = importlib.machinery.PathFinder
+    if any(hasattr(f, "find_distributions") and f is not standard for f in sys.meta_path):
+        return True
+    marker = f"[{ENTRY_POINT_GROUP}]"
+    for entry in sys.path:
+        directory = entry or "."
+        if not os.path.isdir(directory):
+            if os.path.exists(directory):
+                return True  # a zip archive: let importlib.metadata read it
+            continue
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            try:
+                with open(os.path.join(directory, name, "entry_points.txt"), encoding="utf-8") as file:
+                    if marker in file.read():
+                        return True
+            except (OSError, UnicodeDecodeError):
+                continue
+    return False
+
+
+def _describe(entry_point: Any) -> str:
     dist = entry_point.dist
     dist_name = f"{dist.name} {dist.version}" if dist is not None else "an unknown distribution"
     return f"{dist_name} (entry point {entry_point.name!r} = {entry_point.value!r})"

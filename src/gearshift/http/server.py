@@ -97,6 +97,8 @@ class WSGIServer(Server):
             server_address, request_handler or WSGIRequestHandler, strategy,
             listener=listener, drain_timeout=drain_timeout, **strategy_options,
         )
+        for sock in self.listeners:
+            self._defer_accept(sock)
         if ssl_context is not None:
             self.listeners = [self._wrap(s) for s in self.listeners]
         self.base_environ = self._base_environ()
@@ -104,9 +106,23 @@ class WSGIServer(Server):
 
     def add_listener(self, sock: socket.socket) -> None:
         """Add a listening socket; under ``ssl_context`` it serves HTTPS too."""
-        if getattr(self, "ssl_context", None) is not None:
+        self._defer_accept(sock)
+        if self.ssl_context is not None:
             sock = self._wrap(sock)
         super().add_listener(sock)
+
+    def _defer_accept(self, sock: socket.socket) -> None:
+        """HTTP clients speak first: let the kernel hand over a connection only once its first
+        bytes have arrived (Linux TCP_DEFER_ACCEPT). A strategy then never spends a turn (under
+        ``thread``, a thread) on a connection with nothing to read yet, and connections that
+        never send anything wait in the kernel, not in gearshift."""
+        option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+        if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(self.config.header_timeout)))
+        except OSError:
+            pass
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
         import ssl as ssl_module
