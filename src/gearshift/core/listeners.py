@@ -8,13 +8,14 @@ whose host is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import socket
 import stat
 from typing import Any
 
-log = logging.getLogger("gearshift")
+from .logs import get_logger
+
+log = get_logger("gearshift")
 
 #: The kernel caps the backlog at net.core.somaxconn; ask for plenty so bursts of connections
 #: wait in the kernel instead of being dropped and retried a second later (the stdlib asks for 5).
@@ -32,11 +33,14 @@ def family_for(address: Any) -> socket.AddressFamily:
     host = address[0]
     if host in ("", None):
         return socket.AF_INET
-    try:
-        socket.inet_pton(socket.AF_INET6, host)
-        return socket.AF_INET6
-    except (OSError, TypeError):
-        pass
+    # Literals are decided without getaddrinfo(), which would also load the IDNA codec
+    # (unicodedata: a megabyte in every process, and the fork strategy copies it per request).
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except (OSError, TypeError):
+            pass
     try:
         infos = socket.getaddrinfo(host, address[1], 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:

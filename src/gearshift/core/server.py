@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import logging
 import os
 import selectors
 import socket
@@ -46,8 +45,9 @@ from .listeners import (
 )
 from .plugins import resolve_strategy
 from .strategy import Address, Strategy
+from .logs import get_logger
 
-log = logging.getLogger("gearshift")
+log = get_logger("gearshift")
 
 #: How many connections one readiness event of a listener may accept before the loop looks at
 #: its other work again: enough to absorb a burst, few enough to stay fair to idle connections.

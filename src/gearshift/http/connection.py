@@ -15,7 +15,6 @@ Nothing here knows which strategy runs it: the only strategy facts it uses are t
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import socketserver
@@ -27,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from .errors import HTTPError
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, build_environ, check_response
+from ..core.logs import INFO, get_logger
 
 if TYPE_CHECKING:
     from .server import WSGIServer
 
-log = logging.getLogger("gearshift")
-access_log = logging.getLogger("gearshift.access")
+log = get_logger("gearshift")
+access_log = get_logger("gearshift.access")
 
 READ_SIZE = 65536
 #: Unread request body bytes we are willing to read and discard to keep a connection alive;
@@ -496,7 +496,7 @@ class Exchange:
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:
     """One line per request in the common log format, on logger ``gearshift.access``."""
-    if not access_log.isEnabledFor(logging.INFO):
+    if not access_log.isEnabledFor(INFO):
         return
     addr = connection.client_address
     host = addr[0] if type(addr) is tuple else "-"

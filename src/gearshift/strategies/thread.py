@@ -8,15 +8,15 @@ ends, so bookkeeping is O(1) per request and nothing finished is retained even w
 from __future__ import annotations
 
 import itertools
-import logging
 import socket
 import threading
 import time
 
 from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy, bool_option
+from ..core.logs import get_logger
 
-log = logging.getLogger("gearshift")
+log = get_logger("gearshift")
 
 
 class ThreadStrategy(Strategy):
