@@ -168,23 +168,24 @@ class ForkStrategy(Strategy):
     # -- the child -----------------------------------------------------------------------------
 
     def _run_child(self, request: socket.socket, client_address: Address) -> None:
+        # Every object a child touches costs a copy-on-write page fault, and this runs once per
+        # request: do only what matters. The siblings' pidfds are left alone (close-on-exec,
+        # closed at exit, and this child never reaps).
         status = 1
         try:
             self.server.detach_loop()
-            for pidfd in self.active_children.values():
-                if pidfd is not None:
-                    os.close(pidfd)
-            self.active_children = {}
-            self._pid_of_fd = {}
-            self._exits = None
-            with contextlib.suppress(ValueError):  # only possible in the main thread
+            try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
             if self.handle_connection(request, client_address):
                 status = 0
         except BaseException:
-            with contextlib.suppress(BaseException):
+            try:
                 self.server.handle_error(request, client_address)
+            except BaseException:
+                pass
         finally:
             _flush_stdio()
             os._exit(status)
@@ -201,9 +202,11 @@ def _pidfd(pid: int) -> int | None:
 
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            if stream is not None:
+        if stream is not None:
+            try:
                 stream.flush()
+            except Exception:  # a closed or broken stream: nothing to keep
+                pass
 
 
 @hookimpl

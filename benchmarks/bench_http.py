@@ -1,0 +1,658 @@
+"""HTTP benchmark: gearshift's strategies against common Python WSGI servers, with wrk.
+
+Setup (once; the peers go into their own venv, never into the project's test venv)::
+
+    python3 -m venv benchmarks/.venv
+    benchmarks/.venv/bin/pip install -e . -r benchmarks/requirements.txt
+
+Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk``)::
+
+    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~5 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --rounds 3 --duration 10
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --only gearshift-thread,werkzeug-threaded
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --profile gearshift-sync   # cProfile
+
+Every server (see ``http_servers.py``) serves ``hello_app.app`` (``b"Hello, World!"``) from its
+own subprocess on 127.0.0.1, with logging off. For each round and each server in turn (the order
+is reversed on every other round): start it, wait for its port, check one response by hand
+(status, body, whether a second request on the same connection is answered), then for each mode
+(keep-alive, then ``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a
+measured run (``wrk -t1 -c32 -d5s`` by default), then stop the server's whole process group.
+Reported req/s are the median over rounds of successful (non-error status) responses per second.
+wrk's non-2xx/3xx responses and socket errors (connect/read/write/timeout) are summed over the
+measured runs and shown in the table; a server that crashed, or whose log has a traceback, is
+flagged there too. A gearshift figure with errors fails its bar: a server that errors is not
+faster.
+
+Output: a Markdown table and PASS/FAIL per bar on stdout, the same table in
+``benchmarks/latest-http.md``, and ``benchmarks/results/http-<date>.json`` (every run, raw wrk
+output, versions, load average) and ``.png`` (bar chart). Server logs go to
+``benchmarks/results/logs-<date>/``.
+
+Only same-run ratios mean anything: absolute req/s depend on the machine and on whatever else
+is running on it (wrk itself takes one of the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import http_servers  # noqa: E402
+from hello_app import BODY  # noqa: E402
+
+RESULTS = HERE / "results"
+LATEST_MD = HERE / "latest-http.md"
+LATEST_PNG = HERE / "latest-http.png"
+SETUP_HINT = (
+    "set up the benchmark venv (from the repository root):\n"
+    "    python3 -m venv benchmarks/.venv\n"
+    "    benchmarks/.venv/bin/pip install -e . -r benchmarks/requirements.txt\n"
+    "then run:\n"
+    "    benchmarks/.venv/bin/python benchmarks/bench_http.py"
+)
+
+MODES = ("keep-alive", "close")
+#: run order within a round: each gearshift strategy right next to the peer its bar compares it
+#: with, so the pair sees the same background load (the table keeps http_servers.SERVERS' order)
+RUN_ORDER = (
+    "gearshift-sync", "waitress", "gearshift-thread", "werkzeug-threaded", "gearshift-fork",
+    "werkzeug-processes", "gunicorn-sync", "gunicorn-gthread", "cheroot",
+)  # fmt: skip
+GEARSHIFT = ("gearshift-sync", "gearshift-thread", "gearshift-fork")
+
+#: (label, numerator servers, denominator server, mode, threshold). A tuple of numerators means
+#: "the best of these (among those without errors)".
+BARS: list[tuple[str, tuple[str, ...], str, str, float]] = [
+    ("best gearshift keep-alive / waitress keep-alive", GEARSHIFT, "waitress", "keep-alive", 2.0),
+    ("gearshift thread / werkzeug threaded, keep-alive", ("gearshift-thread",), "werkzeug-threaded", "keep-alive", 2.5),
+    ("gearshift thread / werkzeug threaded, Connection: close", ("gearshift-thread",), "werkzeug-threaded", "close", 2.5),
+    ("gearshift fork / werkzeug processes, Connection: close", ("gearshift-fork",), "werkzeug-processes", "close", 3.0),
+]
+
+#: ratio columns of the table: (header, denominator server, mode)
+RATIO_COLUMNS = [
+    ("keep-alive ÷ waitress", "waitress", "keep-alive"),
+    ("keep-alive ÷ werkzeug-threaded", "werkzeug-threaded", "keep-alive"),
+    ("close ÷ werkzeug-threaded", "werkzeug-threaded", "close"),
+    ("close ÷ werkzeug-processes", "werkzeug-processes", "close"),
+]
+
+# wrk reports its own exact counters through this done() hook, one JSON line on stdout.
+WRK_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "bytes": %d, "connect": %d, "read": %d, ' ..
+    '"write": %d, "status": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+ERROR_KINDS = ("connect", "read", "write", "timeout", "status")
+
+_live: list[subprocess.Popen] = []  # servers to stop on any exit path
+
+
+# ---------------------------------------------------------------------------------------------
+# plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((http_servers.HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((http_servers.HOST, port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout:.0f} s")
+
+
+def probe(port: int) -> dict[str, Any]:
+    """One request by hand: status, body, and whether the connection is kept for a second."""
+    conn = http.client.HTTPConnection(http_servers.HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        body = resp.read()
+        out: dict[str, Any] = {
+            "status": resp.status,
+            "body_ok": body == BODY,
+            "content_type": resp.getheader("Content-Type"),
+            "server": resp.getheader("Server"),
+            "version": resp.version,
+        }
+        try:
+            conn.request("GET", "/")
+            resp2 = conn.getresponse()
+            out["keep_alive"] = resp2.status == 200 and resp2.read() == BODY and not resp.will_close
+        except (OSError, http.client.HTTPException):
+            out["keep_alive"] = False
+        out["ok"] = out["status"] == 200 and out["body_ok"]
+        return out
+    except (OSError, http.client.HTTPException) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        conn.close()
+
+
+def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua: Path) -> dict[str, Any]:
+    argv = [
+        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(duration))}s",
+        "--timeout", f"{args.timeout}s", "-s", str(lua),
+    ]  # fmt: skip
+    if mode == "close":
+        argv += ["-H", "Connection: close"]
+    argv.append(f"http://{http_servers.HOST}:{port}/")
+    try:
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=duration + args.timeout + 30)
+    except subprocess.TimeoutExpired as exc:
+        return {"argv": argv, "failed": f"wrk hung (killed after {exc.timeout:.0f} s)", "rps": 0.0}
+    out: dict[str, Any] = {"argv": argv, "stdout": cp.stdout, "stderr": cp.stderr, "rc": cp.returncode}
+    m = re.search(r"^WRKJSON (\{.*\})$", cp.stdout, re.MULTILINE)
+    if cp.returncode != 0 or not m:
+        out["failed"] = f"wrk exited {cp.returncode}: {cp.stderr.strip() or cp.stdout.strip()[-300:]}"
+        out["rps"] = 0.0
+        return out
+    stats = json.loads(m.group(1))
+    out.update(stats)
+    seconds = stats["duration_us"] / 1e6
+    out["rps"] = (stats["requests"] - stats["status"]) / seconds if seconds > 0 else 0.0
+    out["errors"] = {k: stats[k] for k in ERROR_KINDS}
+    return out
+
+
+def scan_log(path: Path) -> list[str]:
+    """Lines of a server log that look like trouble (tracebacks, errors)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    hits = [ln for ln in lines if re.search(r"Traceback|Error|Exception|CRITICAL|WORKER TIMEOUT", ln)]
+    return hits[:20]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("gearshift", "waitress", "werkzeug", "gunicorn", "cheroot", "httptools", "matplotlib"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[dist] = importlib.metadata.version(dist)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out["gearshift_git"] = subprocess.run(
+            ["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"], capture_output=True, text=True
+        ).stdout.strip()
+    return out
+
+
+def check_setup(names: list[str], wrk: str | None) -> None:
+    problems = []
+    if not wrk:
+        problems.append("wrk not found on PATH (apt-get install wrk)")
+    missing = sorted({http_servers.REQUIRES[n] for n in names if importlib.util.find_spec(http_servers.REQUIRES[n]) is None})
+    if missing:
+        problems.append(f"not importable with {sys.executable}: {', '.join(missing)}")
+    if problems:
+        print("bench_http: " + "; ".join(problems), file=sys.stderr)
+        print(SETUP_HINT, file=sys.stderr)
+        sys.exit(2)
+    venv = (HERE / ".venv").resolve()
+    if Path(sys.prefix).resolve() != venv:
+        print(f"note: running with {sys.executable}, not {venv}/bin/python\n{SETUP_HINT}\n", file=sys.stderr)
+
+
+def _on_signal(signum, frame):  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_all() -> None:
+    while _live:
+        http_servers.stop(_live.pop(), grace=3.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: Path) -> dict[str, Any]:
+    port = free_port()
+    log = logdir / f"{name}-r{rnd}.log"
+    rec: dict[str, Any] = {"server": name, "round": rnd, "port": port, "log": str(log), "modes": {}}
+    proc = http_servers.SERVERS[name](port, log)
+    _live.append(proc)
+    try:
+        try:
+            wait_for_port(port, proc)
+        except RuntimeError as exc:
+            rec["failed"] = str(exc)
+            return rec
+        rec["probe"] = probe(port)
+        if not rec["probe"]["ok"]:
+            rec["failed"] = f"probe failed: {rec['probe']}"
+            return rec
+        for mode in MODES:
+            if args.warmup > 0:
+                warm = run_wrk(port, mode, args.warmup, args, lua)
+                rec.setdefault("warmup", {})[mode] = {k: warm.get(k) for k in ("rps", "errors", "failed")}
+            res = run_wrk(port, mode, args.duration, args, lua)
+            rec["modes"][mode] = res
+            if proc.poll() is not None:
+                rec["crashed"] = f"server exited with code {proc.returncode} during the {mode} run"
+                break
+        rec["probe_after"] = probe(port) if "crashed" not in rec else {"ok": False}
+    finally:
+        rec["exit_code"] = http_servers.stop(proc)
+        _live.remove(proc)
+        rec["log_trouble"] = scan_log(log)
+    return rec
+
+
+def summarize(records: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for name in names:
+        recs = [r for r in records if r["server"] == name]
+        s: dict[str, Any] = {"problems": []}
+        for r in recs:
+            for key in ("failed", "crashed"):
+                if r.get(key):
+                    s["problems"].append(f"r{r['round']}: {r[key]}")
+            if r.get("probe_after") and not r["probe_after"].get("ok") and not r.get("crashed") and not r.get("failed"):
+                s["problems"].append(f"r{r['round']}: no answer after the load: {r['probe_after']}")
+            if r.get("log_trouble"):
+                s["problems"].append(f"r{r['round']}: log: {r['log_trouble'][0][:120]}")
+        s["keep_alive_honored"] = any(r.get("probe", {}).get("keep_alive") for r in recs)
+        for mode in MODES:
+            runs = [r["modes"][mode] for r in recs if mode in r["modes"]]
+            errors = {k: 0 for k in ERROR_KINDS}
+            for run in runs:
+                if run.get("failed"):
+                    s["problems"].append(f"{mode}: {run['failed']}")
+                for k, v in run.get("errors", {}).items():
+                    errors[k] += v
+            ok_runs = [run for run in runs if not run.get("failed")]
+            s[mode] = {
+                "rps": statistics.median(run["rps"] for run in ok_runs) if ok_runs else None,
+                "rps_runs": [round(run["rps"], 1) for run in runs],
+                "p99_ms": statistics.median(run["p99_us"] / 1000 for run in ok_runs) if ok_runs else None,
+                "errors": errors,
+                "n_errors": sum(errors.values()),
+            }
+        summary[name] = s
+    return summary
+
+
+def ratio(summary: dict[str, Any], num: str, den: str, mode: str) -> float | None:
+    a = summary.get(num, {}).get(mode, {}).get("rps")
+    b = summary.get(den, {}).get(mode, {}).get("rps")
+    if not a or not b:
+        return None
+    return a / b
+
+
+def round_ratios(records: list[dict[str, Any]], nums: tuple[str, ...], den: str, mode: str) -> list[float]:
+    """The bar's ratio within each round (the pair ran back to back there), best numerator."""
+    out = []
+    for rnd in sorted({r["round"] for r in records}):
+        def rps(name: str, rnd: int = rnd) -> float | None:
+            for r in records:
+                if r["round"] == rnd and r["server"] == name and mode in r["modes"]:
+                    run = r["modes"][mode]
+                    return None if run.get("failed") else run["rps"]
+            return None
+
+        b = rps(den)
+        tops = [a for a in (rps(n) for n in nums) if a]
+        if b and tops:
+            out.append(round(max(tops) / b, 2))
+    return out
+
+
+def evaluate_bars(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for label, nums, den, mode, threshold in BARS:
+        present = [n for n in nums if n in summary and summary[n][mode]["rps"] is not None]
+        row: dict[str, Any] = {"bar": label, "threshold": threshold, "mode": mode, "denominator": den}
+        if not present or den not in summary or summary[den][mode]["rps"] is None:
+            row.update(verdict="SKIP", why="not measured in this run")
+            out.append(row)
+            continue
+        clean = [n for n in present if summary[n][mode]["n_errors"] == 0 and not summary[n]["problems"]]
+        pick = max(clean or present, key=lambda n: summary[n][mode]["rps"])
+        r = ratio(summary, pick, den, mode)
+        row.update(numerator=pick, ratio=r, per_round=round_ratios(records, tuple(clean or present), den, mode))
+        if not clean:
+            row.update(verdict="FAIL", why=f"{pick} had errors ({summary[pick][mode]['n_errors']}) or problems")
+        elif r is None or r < threshold:
+            row.update(verdict="FAIL", why=f"{r:.2f}x < {threshold}x" if r else "no ratio")
+        else:
+            row.update(verdict="PASS", why=f"{r:.2f}x >= {threshold}x")
+        if row["per_round"]:
+            row["why"] += f"; per round: {', '.join(f'{x:.2f}x' for x in row['per_round'])}"
+        if summary[den][mode]["n_errors"] or summary[den]["problems"]:
+            row["why"] += f" (note: {den} had errors/problems)"
+        out.append(row)
+    return out
+
+
+def fmt_errors(s: dict[str, Any]) -> str:
+    parts = []
+    for mode in MODES:
+        errs = s[mode]["errors"]
+        bad = [f"{k} {v}" for k, v in errs.items() if v]
+        if bad:
+            parts.append(f"{'ka' if mode == 'keep-alive' else 'close'}: {', '.join(bad)}")
+    for p in s["problems"]:
+        parts.append(p.replace("|", "/"))
+    return "; ".join(parts) if parts else "0"
+
+
+def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    a = meta["args"]
+    lines = [
+        (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{a['connections']} -d{a['duration']:g}s`, "
+        f"{a['rounds']} round(s), median; {meta['cpus']} CPUs, load average {meta['loadavg_start']} at start, "
+        f"{meta['loadavg_end']} at end. Only same-run ratios mean anything."),
+        "",
+        "| server | keep-alive req/s | close req/s | errors | " + " | ".join(h for h, _, _ in RATIO_COLUMNS) + " |",
+        "|---|---:|---:|---|" + "---:|" * len(RATIO_COLUMNS),
+    ]
+    for name, s in summary.items():
+        cells = [name]
+        for mode in MODES:
+            rps = s[mode]["rps"]
+            cell = f"{rps:,.0f}" if rps is not None else "—"
+            if mode == "keep-alive" and rps is not None and not s["keep_alive_honored"]:
+                cell += " ¹"
+            cells.append(cell)
+        cells.append(fmt_errors(s))
+        for _, den, mode in RATIO_COLUMNS:
+            r = ratio(summary, name, den, mode)
+            cells.append(f"{r:.2f}x" if r is not None else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    if any(not s["keep_alive_honored"] for s in summary.values()):
+        lines += ["", "¹ closes the connection after every response even when the client asks for keep-alive."]
+    lines += ["", "Bars (same-run ratios):", ""]
+    for b in bars:
+        best = f" [{b['numerator']}]" if b.get("numerator") and b["bar"].startswith("best") else ""
+        lines.append(f"- {b['verdict']}: {b['bar']}{best} >= {b['threshold']:g}x — {b['why']}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names) + 2), 4.8))
+    width = 0.38
+    colors = {"keep-alive": ("#1f77b4", "#9ecae1"), "close": ("#d62728", "#fcae91")}
+    for i, mode in enumerate(MODES):
+        xs = [j + (i - 0.5) * width for j in range(len(names))]
+        vals = [summary[n][mode]["rps"] or 0 for n in names]
+        cols = [colors[mode][0] if n.startswith("gearshift") else colors[mode][1] for n in names]
+        bars = ax.bar(xs, vals, width, color=cols, label=mode, edgecolor="black", linewidth=0.4)
+        for bar, n in zip(bars, names, strict=True):
+            label = f"{bar.get_height():,.0f}"
+            if summary[n][mode]["n_errors"]:
+                label += "\n(errors)"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("requests / s (median)")
+    a = meta["args"]
+    ax.set_title(f"hello-world WSGI, wrk -t{a['threads']} -c{a['connections']} -d{a['duration']:g}s, "
+                 f"{a['rounds']} rounds — {meta['date']}\n(same-run ratios only; {meta['cpus']} shared cores)",
+                 fontsize=9)
+    ax.legend(title="gearshift: dark", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def loadavg() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "?"
+
+
+def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logdir = RESULTS / f"logs-{stamp}"
+    logdir.mkdir()
+    meta: dict[str, Any] = {
+        "date": stamp, "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "cpus": os.cpu_count(), "loadavg_start": loadavg(), "versions": versions(),
+    }  # fmt: skip
+    records: list[dict[str, Any]] = []
+    est = len(names) * args.rounds * (len(MODES) * (args.duration + args.warmup) + 2)
+    print(f"bench_http: {len(names)} servers x {args.rounds} rounds, about {est / 60:.1f} min; logs in {logdir}",
+          file=sys.stderr)  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA)
+        lua = Path(f.name)
+    try:
+        run_order = sorted(names, key=lambda n: RUN_ORDER.index(n) if n in RUN_ORDER else len(RUN_ORDER))
+        for rnd in range(args.rounds):
+            order = run_order if rnd % 2 == 0 else list(reversed(run_order))
+            for name in order:
+                rec = bench_one(name, rnd, args, lua, logdir)
+                records.append(rec)
+                got = ", ".join(f"{m} {rec['modes'][m]['rps']:,.0f}/s" for m in rec["modes"])
+                trouble = rec.get("failed") or rec.get("crashed") or ""
+                errs = sum(sum(r.get("errors", {}).values()) for r in rec["modes"].values())
+                print(f"  round {rnd + 1}/{args.rounds} {name:20s} {got}"
+                      f"{f'  errors {errs}' if errs else ''}{f'  !! {trouble}' if trouble else ''}",
+                      file=sys.stderr)  # fmt: skip
+    finally:
+        lua.unlink(missing_ok=True)
+    meta["loadavg_end"] = loadavg()
+    summary = summarize(records, [n for n in http_servers.SERVERS if n in names])
+    bars = evaluate_bars(summary, records)
+    md = markdown(summary, bars, meta)
+    print(md)
+    json_path = RESULTS / f"http-{stamp}.json"
+    json_path.write_text(json.dumps({"meta": meta, "summary": summary, "bars": bars, "runs": records}, indent=1))
+    png_path = RESULTS / f"http-{stamp}.png"
+    if not args.no_plot:
+        try:
+            plot(summary, meta, png_path)
+        except ImportError as exc:
+            print(f"no plot ({exc}); {SETUP_HINT}", file=sys.stderr)
+            png_path = None  # type: ignore[assignment]
+    else:
+        png_path = None  # type: ignore[assignment]
+    if not args.no_latest:
+        LATEST_MD.write_text(
+            "<!-- written by benchmarks/bench_http.py; re-run it to refresh -->\n\n" + md
+        )
+        if png_path:
+            shutil.copyfile(png_path, LATEST_PNG)
+    print(f"wrote {json_path}" + (f", {png_path}" if png_path else "") + ("" if args.no_latest else f", {LATEST_MD}"),
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# profile
+# ---------------------------------------------------------------------------------------------
+
+
+def self_time_buckets(stats: pstats.Stats, top: int) -> list[tuple[str, float]]:
+    """Self time grouped by source file (Python) or by builtin (C calls: recv, send, poll...)."""
+    buckets: dict[str, float] = {}
+    for (filename, _line, func), (_cc, _nc, tt, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if filename == "~":
+            key = func  # "<method 'recv' of '_socket.socket' objects>"
+        else:
+            parts = Path(filename).parts
+            key = "/".join(parts[-3:]) if "gearshift" in parts else "/".join(parts[-2:])
+        buckets[key] = buckets.get(key, 0.0) + tt
+    return sorted(buckets.items(), key=lambda kv: -kv[1])[:top]
+
+
+def top_table(stats: pstats.Stats, key: str, top: int, min_calls: int = 2) -> str:
+    """Like pstats' listing, without the one-shot wrappers (``serve_forever``, ``main``...) that
+    otherwise fill the top of the cumulative list: only functions called ``min_calls``+ times."""
+    rows = []
+    for (filename, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if nc < min_calls:
+            continue
+        where = func if filename == "~" else f"{Path(filename).name}:{line}({func})"
+        rows.append((nc, tt, ct, where))
+    rows.sort(key=lambda r: -(r[2] if key == "cumulative" else r[1]))
+    out = [f"{'ncalls':>9} {'tottime':>8} {'cumtime':>8} {'us/call':>8}  function"]
+    for nc, tt, ct, where in rows[:top]:
+        per = (ct if key == "cumulative" else tt) / nc * 1e6
+        out.append(f"{nc:9d} {tt:8.3f} {ct:8.3f} {per:8.1f}  {where}")
+    return "\n".join(out)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    name = args.profile
+    if name not in http_servers.RUNNERS:
+        print(f"--profile: one of {', '.join(http_servers.RUNNERS)}", file=sys.stderr)
+        return 2
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    base = RESULTS / f"profile-{name}-{args.profiler}-{stamp}"
+    log = base.with_suffix(".log")
+    if args.profiler == "cprofile":
+        python_args = ["-m", "cProfile", "-o", str(base.with_suffix(".prof"))]
+    else:
+        python_args = ["-m", "pyinstrument", "--interval", "0.0005", "-r", "text", "--show-all",
+                       "-o", str(base.with_suffix(".txt"))]  # fmt: skip
+    port = free_port()
+    proc = http_servers.SERVERS[name](port, log, python_args)
+    _live.append(proc)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA)
+        lua = Path(f.name)
+    try:
+        wait_for_port(port, proc)
+        print(f"probe: {probe(port)}", file=sys.stderr)
+        mode = args.profile_mode
+        res = run_wrk(port, mode, args.duration, args, lua)
+        errors = res.get("errors")
+        print(f"{name} under {args.profiler}, {mode}: {res['rps']:,.0f} req/s, errors {errors}"
+              f"{'  wrk FAILED: ' + res['failed'] if res.get('failed') else ''}")  # fmt: skip
+    finally:
+        lua.unlink(missing_ok=True)
+        code = http_servers.stop(proc, grace=30.0)
+        _live.remove(proc)
+        trouble = scan_log(log)
+        if code is None or trouble:
+            print(f"server exit code {code}; log {log}: {trouble}", file=sys.stderr)
+    if args.profiler == "pyinstrument":
+        print(base.with_suffix(".txt").read_text())
+        return 0
+    prof = base.with_suffix(".prof")
+    if not prof.exists():
+        print(f"no profile written ({prof}); see {log}", file=sys.stderr)
+        return 1
+    out = base.with_suffix(".txt")
+    with open(out, "w") as fh:
+        for sort in ("cumulative", "tottime"):
+            st = pstats.Stats(str(prof), stream=fh)
+            st.strip_dirs().sort_stats(sort).print_stats(args.profile_top)
+        fh.write("\nself time by file / builtin:\n")
+        fh.writelines(f"{tt:9.3f}s  {key}\n" for key, tt in self_time_buckets(pstats.Stats(str(prof)), 25))
+    st = pstats.Stats(str(prof))
+    for sort in ("cumulative", "tottime"):
+        print(f"\n=== top {args.profile_top} by {sort} (functions called more than once) ===")
+        print(top_table(st, sort, args.profile_top))
+    total = sum(v[2] for v in st.stats.values())  # type: ignore[attr-defined]
+    print(f"=== self time by file / builtin (total {total:.2f} s) ===")
+    for key, tt in self_time_buckets(st, 20):
+        print(f"{tt:9.3f}s {100 * tt / total:5.1f}%  {key}")
+    print(f"\nwrote {prof} and {out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=SETUP_HINT,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--duration", type=float, default=5, help="seconds per measured wrk run (default 5)")
+    p.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over all servers; median (default 2)")
+    p.add_argument("--warmup", type=float, default=1, help="warm-up seconds per server and mode (default 1)")
+    p.add_argument("--timeout", type=int, default=2, help="wrk --timeout seconds (default 2)")
+    p.add_argument("--only", default="", help=f"comma list of servers: {','.join(http_servers.SERVERS)}")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-latest", action="store_true", help=f"don't overwrite {LATEST_MD.name}")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "", help="path to wrk")
+    p.add_argument("--report", metavar="JSON", help="instead: re-print the table of an earlier results JSON")
+    p.add_argument("--profile", metavar="SERVER", help="instead: profile one server (e.g. gearshift-sync) under load")
+    p.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
+    p.add_argument("--profile-mode", choices=MODES, default="keep-alive")
+    p.add_argument("--profile-top", type=int, default=15)
+    args = p.parse_args(argv)
+
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        records, meta = data["runs"], data["meta"]
+        ran = [n for n in http_servers.SERVERS if any(r["server"] == n for r in records)]
+        summary = summarize(records, ran)
+        print(markdown(summary, evaluate_bars(summary, records), meta), end="")
+        return 0
+    names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(http_servers.SERVERS)
+    unknown = [n for n in names if n not in http_servers.SERVERS]
+    if unknown:
+        p.error(f"unknown server(s) {unknown}; choose from {', '.join(http_servers.SERVERS)}")
+    check_setup([args.profile] if args.profile else names, args.wrk)
+    if args.profiler == "pyinstrument" and importlib.util.find_spec("pyinstrument") is None:
+        p.error("pyinstrument is not installed in this interpreter")
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # every way out stops the servers
+        signal.signal(sig, _on_signal)
+    try:
+        return run_profile(args) if args.profile else run_benchmark(args, names)
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping servers", file=sys.stderr)
+        return 130
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Launch recipes for the servers ``bench_http.py`` compares: one function per server.
+
+Each recipe starts ONE server as a subprocess, in a new session (so its own process group:
+gunicorn's workers and the forking servers' children are killed with it by :func:`stop`),
+serving :mod:`hello_app` on ``127.0.0.1:PORT`` with logging and access logs off.
+
+gunicorn is started through its CLI (``python -m gunicorn``); every other server through this
+file's entry point, which runs it in the foreground until SIGTERM/SIGINT::
+
+    python benchmarks/http_servers.py waitress 8080
+    python benchmarks/http_servers.py gearshift-sync 8080
+
+Matched configurations on a 2-core machine (each is the server's default or the issue's):
+
+====================  ==========================================================================
+name                  configuration
+====================  ==========================================================================
+gearshift-sync        ``gearshift.make_server(host, port, app, strategy="sync")``, 1 process
+gearshift-thread      ``strategy="thread"``, 1 process
+gearshift-fork        ``strategy="fork", max_children=40``, 1 process
+waitress              ``waitress.create_server(app, host, port)`` (default ``threads=4``)
+werkzeug-threaded     ``werkzeug.serving.run_simple(host, port, app, threaded=True)``
+werkzeug-processes    ``run_simple(host, port, app, processes=40)``
+gunicorn-sync         ``python -m gunicorn -w 2 -k sync hello_app:app``
+gunicorn-gthread      ``python -m gunicorn -w 2 -k gthread --threads 4 hello_app:app``
+cheroot               ``cheroot.wsgi.Server((host, port), app)`` (default ``numthreads=10``)
+====================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+HOST = "127.0.0.1"
+
+# ---------------------------------------------------------------------------------------------
+# In-process runners (used by this file's entry point, inside the server subprocess)
+# ---------------------------------------------------------------------------------------------
+
+_MAIN_PID = os.getpid()
+
+
+def _on_term(signum, frame):  # type: ignore[no-untyped-def]
+    """SIGTERM/SIGINT: the server process exits through SystemExit (so ``finally`` blocks and
+    ``python -m cProfile -o`` still run); a forked child of it just exits."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(0)
+    raise SystemExit(0)
+
+
+def _quiet_logging() -> None:
+    logging.disable(logging.CRITICAL)  # no banners, no access logs, no queue-depth warnings
+
+
+def _app():  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(HERE))
+    from hello_app import app
+
+    return app
+
+
+def run_gearshift(strategy: str, port: int) -> None:
+    import gearshift
+
+    make_server = getattr(gearshift, "make_server", None)
+    if make_server is None:  # the top-level export may lag behind the http package
+        from gearshift.http import make_server
+    options = {"max_children": 40} if strategy == "fork" else {}
+    server = make_server(HOST, port, _app(), strategy=strategy, **options)
+    try:
+        server.serve_forever()
+    finally:
+        if os.getpid() == _MAIN_PID:
+            server.server_close()
+
+
+def run_waitress(port: int) -> None:
+    import waitress
+
+    server = waitress.create_server(_app(), host=HOST, port=port)  # threads=4 by default
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+def run_werkzeug(port: int, *, threaded: bool = False, processes: int = 1) -> None:
+    from werkzeug.serving import run_simple
+
+    run_simple(HOST, port, _app(), threaded=threaded, processes=processes)
+
+
+def run_cheroot(port: int) -> None:
+    from cheroot import wsgi
+
+    server = wsgi.Server((HOST, port), _app())  # numthreads=10 by default
+    try:
+        server.start()
+    finally:
+        server.stop()
+
+
+RUNNERS: dict[str, Callable[[int], None]] = {
+    "gearshift-sync": lambda port: run_gearshift("sync", port),
+    "gearshift-thread": lambda port: run_gearshift("thread", port),
+    "gearshift-fork": lambda port: run_gearshift("fork", port),
+    "waitress": run_waitress,
+    "werkzeug-threaded": lambda port: run_werkzeug(port, threaded=True),
+    "werkzeug-processes": lambda port: run_werkzeug(port, processes=40),
+    "cheroot": run_cheroot,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Launch recipes (used by bench_http.py, in the benchmark process)
+# ---------------------------------------------------------------------------------------------
+
+
+def _popen(argv: Sequence[str], log_path: Path | None) -> subprocess.Popen:
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            list(argv),
+            cwd=HERE,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop() kills workers/children too
+        )
+    finally:
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+def _entry(name: str, port: int, log_path: Path | None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _popen([sys.executable, *python_args, str(Path(__file__).resolve()), name, str(port)], log_path)
+
+
+def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("gearshift-sync", port, log_path, python_args)
+
+
+def start_gearshift_thread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("gearshift-thread", port, log_path, python_args)
+
+
+def start_gearshift_fork(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("gearshift-fork", port, log_path, python_args)
+
+
+def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("waitress", port, log_path, python_args)
+
+
+def start_werkzeug_threaded(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("werkzeug-threaded", port, log_path, python_args)
+
+
+def start_werkzeug_processes(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("werkzeug-processes", port, log_path, python_args)
+
+
+def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("cheroot", port, log_path, python_args)
+
+
+def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str]) -> subprocess.Popen:
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"{HOST}:{port}",
+        "--workers", "2",
+        *worker_args,
+        "--chdir", str(HERE),
+        "--log-level", "error",  # access log is off unless --access-logfile is given
+        "hello_app:app",
+    ]  # fmt: skip
+    return _popen(argv, log_path)
+
+
+def start_gunicorn_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _gunicorn(port, log_path, ["--worker-class", "sync"])
+
+
+def start_gunicorn_gthread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _gunicorn(port, log_path, ["--worker-class", "gthread", "--threads", "4"])
+
+
+#: name -> launch recipe, in the order the benchmark runs them.
+SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
+    "gearshift-sync": start_gearshift_sync,
+    "gearshift-thread": start_gearshift_thread,
+    "gearshift-fork": start_gearshift_fork,
+    "waitress": start_waitress,
+    "werkzeug-threaded": start_werkzeug_threaded,
+    "werkzeug-processes": start_werkzeug_processes,
+    "gunicorn-sync": start_gunicorn_sync,
+    "gunicorn-gthread": start_gunicorn_gthread,
+    "cheroot": start_cheroot,
+}
+
+#: the Python packages each server needs (for the setup check in bench_http.py)
+REQUIRES: dict[str, str] = {
+    "gearshift-sync": "gearshift",
+    "gearshift-thread": "gearshift",
+    "gearshift-fork": "gearshift",
+    "waitress": "waitress",
+    "werkzeug-threaded": "werkzeug",
+    "werkzeug-processes": "werkzeug",
+    "gunicorn-sync": "gunicorn",
+    "gunicorn-gthread": "gunicorn",
+    "cheroot": "cheroot",
+}
+
+
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
+    """SIGTERM the server's whole process group, wait up to ``grace`` s for its leader, then
+    SIGKILL whatever is left of the group (workers, forked children). Returns the leader's exit
+    code (None if it had to be killed)."""
+    code = proc.poll()
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if code is None:
+        try:
+            code = proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            code = None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+    return code
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in RUNNERS:
+        print(f"usage: http_servers.py {{{','.join(RUNNERS)}}} PORT", file=sys.stderr)
+        print("(gunicorn-* are started by bench_http.py through `python -m gunicorn`)", file=sys.stderr)
+        return 2
+    _quiet_logging()
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    RUNNERS[argv[0]](int(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
