@@ -374,10 +374,12 @@ class Server:
         mark = self._resume_marks.pop(request, None)
         if mark is not None and self._hand_back(request, *mark):
             return
-        with contextlib.suppress(OSError):
+        try:
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
             request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
         self.close_request(request)
 
     def close_request(self, request: socket.socket) -> None:
@@ -456,18 +458,18 @@ class Server:
         Why: a child that outlives the parent's ``server_close()`` (a keep-alive connection, a
         slow request) must not keep the port bound or accept connections of its own.
         """
+        # Only closes, and only what could outlive the parent's server: the selector and the
+        # wake-up socket are close-on-exec and end with the child (closing them here would cost
+        # every forked request page faults for nothing), and unregistering anything would edit
+        # the epoll set this process shares with the parent.
         for sock in self.listeners:
             sock.close()
         loop, self._loop = self._loop, None
-        if loop is not None:
-            # Only close: unregistering would edit the epoll set this process shares with the parent.
+        if loop is not None and loop.has_idle():
             for idle in loop.idle_connections():
                 idle.request.close()
-            loop.selector.close()
-            loop.waker.close()
-        for request, _, _ in self._resume_queue:
-            request.close()
-        self._resume_queue.clear()
+        while self._resume_queue:
+            self._resume_queue.popleft()[0].close()
 
     def __enter__(self) -> Server:
         return self
@@ -547,6 +549,9 @@ class _LoopState:
                 self.unpark(idle)
                 expired.append(idle)
         return expired
+
+    def has_idle(self) -> bool:
+        return bool(self._idle)
 
     def idle_connections(self) -> list[_Idle]:
         return list(self._idle)

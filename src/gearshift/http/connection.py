@@ -293,9 +293,7 @@ class Exchange:
         result = None
         try:
             result = server.app(environ, self.start_response)
-            if isinstance(result, FileWrapper) and self._send_file(result):
-                pass
-            else:
+            if not (isinstance(result, FileWrapper) and self._send_file(result)):
                 try:
                     self.single = len(result) == 1  # type: ignore[arg-type]
                 except TypeError:
