@@ -452,8 +452,8 @@ class Server:
 
     def detach_loop(self) -> None:
         """In a forked child that will not run this server's loop: close this process's copies of
-        the listeners, wake-up socket, selector and idle connections, touching nothing the parent
-        owns (no ``shutdown()`` of shared connections, no unlinking of a Unix socket path).
+        the listeners and of any idle connections, touching nothing the parent owns (no
+        ``shutdown()`` of shared connections, no unlinking of a Unix socket path).
 
         Why: a child that outlives the parent's ``server_close()`` (a keep-alive connection, a
         slow request) must not keep the port bound or accept connections of its own.
@@ -465,7 +465,7 @@ class Server:
         for sock in self.listeners:
             sock.close()
         loop, self._loop = self._loop, None
-        if loop is not None and loop.has_idle():
+        if loop is not None:
             for idle in loop.idle_connections():
                 idle.request.close()
         while self._resume_queue:
@@ -549,9 +549,6 @@ class _LoopState:
                 self.unpark(idle)
                 expired.append(idle)
         return expired
-
-    def has_idle(self) -> bool:
-        return bool(self._idle)
 
     def idle_connections(self) -> list[_Idle]:
         return list(self._idle)
