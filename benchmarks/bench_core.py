@@ -557,6 +557,9 @@ def main(argv=None) -> int:
         print("wrk not found: install it (Debian/Ubuntu: apt-get install wrk)", file=sys.stderr)
         return 2
     sys.path.insert(0, str(HERE))
+    from bytecode import compile_gearshift
+
+    compile_gearshift()  # as pip does for the stdlib: see bytecode.py
     atexit.register(kill_all_live)
     signal.signal(signal.SIGTERM, _terminate)
     # Explicitly: a shell starts background jobs with SIGINT ignored, and Python then keeps it so.

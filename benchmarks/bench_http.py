@@ -61,6 +61,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import http_servers  # noqa: E402
+from bytecode import compile_gearshift  # noqa: E402
 from hello_app import BODY  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -643,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profiler == "pyinstrument" and importlib.util.find_spec("pyinstrument") is None:
         p.error("pyinstrument is not installed in this interpreter")
 
+    compile_gearshift()  # as pip does for every peer: see bytecode.py
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # every way out stops the servers
         signal.signal(sig, _on_signal)
     try:

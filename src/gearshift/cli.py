@@ -25,19 +25,20 @@ import os
 import re
 import signal
 import socket
-import ssl
 import stat
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError
 from .core.listeners import create_listener
-from .core.plugins import available_strategies, get_plugin_manager, resolve_strategy, strategy_origins
+from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("gearshift")
 access_log = logging.getLogger("gearshift.access")
@@ -221,31 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
-    pm = get_plugin_manager()
+    # Through hook_implementations(): without third-party plugins, pluggy is never imported.
     before = set(map(id, parser._actions))
-    try:
-        pm.hook.gearshift_add_options(parser=parser)
-    except Exception as exc:
-        culprit = _plugin_in_traceback(pm, exc)
-        raise PluginError(
-            f"gearshift plugin {culprit} failed in gearshift_add_options(): {type(exc).__name__}: {exc}"
-        ) from exc
+    for origin, add_options in hook_implementations("gearshift_add_options"):
+        try:
+            add_options(parser=parser)
+        except Exception as exc:
+            raise PluginError(
+                f"gearshift plugin {origin} failed in gearshift_add_options(): {type(exc).__name__}: {exc}"
+            ) from exc
     parser.set_defaults(_plugin_dests=sorted({a.dest for a in parser._actions if id(a) not in before}))
-
-
-def _plugin_in_traceback(pm: Any, exc: BaseException) -> str:
-    """Name the plugin whose gearshift_add_options() raised, for the error message."""
-    impls = {impl.function.__code__: impl.plugin_name for impl in pm.hook.gearshift_add_options.get_hookimpls()}
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        plugin_name = impls.get(frame.f_code)
-        if plugin_name is None:
-            continue
-        group, _, entry_point = plugin_name.partition(":")
-        for ep in metadata.entry_points(group=group, name=entry_point) if entry_point else ():
-            if ep.dist is not None:
-                return f"{ep.dist.name} {ep.dist.version} (entry point {ep.name!r} = {ep.value!r})"
-        return repr(plugin_name)
-    return "(unknown)"
 
 
 def env_name(dest: str) -> str:
@@ -624,6 +610,8 @@ def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.keyfile is not None:
             raise UsageError("--keyfile needs --certfile")
         return None
+    import ssl  # only for HTTPS: ssl adds megabytes that a fork()ing server copies per request
+
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         context.load_cert_chain(args.certfile, args.keyfile)
@@ -662,22 +650,19 @@ def serve(args: argparse.Namespace, environ: Any) -> int:
     options = strategy_options(args, strategy)
     options.update({dest: getattr(args, dest) for dest in HTTP_OPTIONS if getattr(args, dest) is not None})
 
-    server, unix_paths = build_server(app, strategy, binds, options, ssl_context)
+    server = build_server(app, strategy, binds, options, ssl_context)
     try:
         return run(server, args, app_note)
     finally:
         server.drain_timeout = args.graceful_timeout
         server.server_close()  # already done after a graceful stop; this is for errors
-        _remove_unix_sockets(unix_paths)
 
 
 def build_server(app: Any, strategy: type[Any], binds: list[Bind], options: dict[str, Any],
-                 ssl_context: ssl.SSLContext | None) -> tuple[Any, list[tuple[str, int]]]:
-    """make_server() on the first address, add_listener() for the others.
-
-    Also returns the (path, inode) of the Unix sockets bound for the extra listeners: the server
-    unlinks only its first listener's socket file, so the command removes these itself.
-    """
+                 ssl_context: ssl.SSLContext | None) -> Any:
+    """make_server() on the first address, add_listener() for the others: the ones the command
+    creates are handed over (``own=True``), so the server removes their Unix socket files and
+    stops listening on them when it closes; inherited descriptors (``fd://``) are only borrowed."""
     from .http import make_server
 
     first, rest = binds[0], binds[1:]
@@ -694,24 +679,20 @@ def build_server(app: Any, strategy: type[Any], binds: list[Bind], options: dict
         raise CommandError(str(exc)) from None
     except OSError as exc:
         raise CommandError(_listen_error(first, exc)) from None
-    unix_paths: list[tuple[str, int]] = []
     try:
         for bind in rest:
             try:
                 if bind.fd is not None:
-                    sock = socket.socket(fileno=bind.fd)
+                    server.add_listener(socket.socket(fileno=bind.fd))
                 else:
                     sock = create_listener(bind.path if bind.path is not None else (bind.host, bind.port))
-                    if bind.path is not None:
-                        unix_paths.append((bind.path, os.stat(bind.path).st_ino))
+                    server.add_listener(sock, own=True)
             except OSError as exc:
                 raise CommandError(_listen_error(bind, exc)) from None
-            server.add_listener(sock)
     except BaseException:
         server.server_close()
-        _remove_unix_sockets(unix_paths)
         raise
-    return server, unix_paths
+    return server
 
 
 def _listen_error(bind: Bind, exc: OSError) -> str:
@@ -726,14 +707,6 @@ def _listen_error(bind: Bind, exc: OSError) -> str:
     elif exc.errno == errno.EADDRNOTAVAIL and exc.strerror:
         reason = exc.strerror
     return f"{where}: {reason[:1].lower()}{reason[1:]}"
-
-
-def _remove_unix_sockets(paths: list[tuple[str, int]]) -> None:
-    """Unlink socket files this command created, unless another server replaced them since."""
-    for path, inode in paths:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == inode:
-                os.unlink(path)
 
 
 def banner_options(server: Any) -> str:

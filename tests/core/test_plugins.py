@@ -4,6 +4,7 @@ errors naming the entry point and the distribution."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import textwrap
 
@@ -248,3 +249,66 @@ def test_plugin_returning_nothing_is_ignored(plugin_dir):
             return None
         '''), dist="none-dist", entry_point="none")
     assert {"sync", "thread", "fork"} <= set(gearshift.available_strategies())
+
+
+def test_hookimpl_is_pluggys_marker_for_gearshift():
+    import pluggy
+
+    assert isinstance(gearshift.hookimpl, pluggy.HookimplMarker)
+    assert gearshift.hookimpl.project_name == "gearshift"
+    assert gearshift.core.hookimpl is gearshift.hookimpl
+
+
+def test_unmarked_hook_function_of_a_third_party_plugin_is_found(plugin_dir):
+    plugin_dir("gs_unmarked", REVERSED_PLUGIN.replace("@gearshift.hookimpl\n", ""),
+               dist="unmarked-dist", entry_point="unmarked")
+    assert gearshift.available_strategies()["reversed-sync"].__module__ == "gs_unmarked"
+    assert "unmarked-dist 1.0" in strategy_origins()["reversed-sync"]
+
+
+def test_marked_function_that_is_not_a_hook_is_an_error(plugin_dir):
+    plugin_dir("gs_typo", textwrap.dedent('''\
+        import gearshift
+        @gearshift.hookimpl
+        def gearshift_strategy():  # singular: not a gearshift hook
+            return []
+        '''), dist="typo-dist", entry_point="typo")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "typo-dist 1.0" in message and "gearshift_strategy()" in message
+    assert "gearshift_add_options, gearshift_strategies" in message
+
+
+def test_hook_implementations_get_only_the_arguments_they_declare(plugin_dir):
+    from gearshift.core.plugins import hook_implementations
+
+    plugin_dir("gs_options", textwrap.dedent('''\
+        import gearshift
+        seen = []
+        @gearshift.hookimpl
+        def gearshift_add_options():  # declares none of the hook's arguments, as pluggy allows
+            seen.append("called")
+        '''), dist="options-dist", entry_point="options")
+    calls = hook_implementations("gearshift_add_options")
+    assert [origin for origin, _ in calls] == ["options-dist 1.0 (entry point 'options' = 'gs_options')"]
+    calls[0][1](parser=object())
+    assert sys.modules["gs_options"].seen == ["called"]
+
+
+BUILTIN_ONLY_PROCESS = """
+import sys, socketserver, gearshift
+for name in ("sync", "thread", "fork"):
+    gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=name).server_close()
+assert sorted(gearshift.available_strategies()) == ["fork", "sync", "thread"]
+heavy = ("pluggy", "inspect", "typing", "dataclasses", "importlib.metadata", "logging", "ssl")
+print(" ".join(name for name in heavy if name in sys.modules))
+"""
+
+
+def test_a_process_using_only_builtin_strategies_does_not_import_pluggy():
+    """Every module a fork()ing parent holds is copied on every request (see core/plugins.py):
+    without third-party plugins, the core loads neither pluggy nor what pluggy needs."""
+    out = subprocess.run([sys.executable, "-c", BUILTIN_ONLY_PROCESS], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "", f"imported: {out.strip()}"

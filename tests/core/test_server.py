@@ -4,6 +4,7 @@ back to the loop with resume_when_readable()."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -511,3 +512,55 @@ class _StopsBeforeItsLoop(gearshift.Strategy):
 def test_shutdown_on_the_serving_thread_outside_the_loop_does_not_hang():
     with gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=_StopsBeforeItsLoop) as server:
         server.serve_forever(poll_interval=30)  # returns at once: the stop was recorded
+
+
+class _Logged(gearshift.Strategy):
+    """An ``__init__`` behind a decorator: options are read through ``inspect.signature``."""
+
+    name = "logged-test"
+
+    @staticmethod
+    def _logged(init):
+        @functools.wraps(init)
+        def wrapper(self, server, **options):
+            return init(self, server, **options)
+
+        return wrapper
+
+    @_logged
+    def __init__(self, server, *, level: int = 1, label: str) -> None:
+        super().__init__(server)
+        self.level, self.label = level, label
+
+
+class _AnyOptions(gearshift.Strategy):
+    name = "any-options-test"
+
+    def __init__(self, server, **options) -> None:
+        super().__init__(server)
+        self.options = options
+
+
+class _Plain(gearshift.Strategy):
+    name = "plain-test"
+
+    def __init__(self, server, positional=None, *, level: int = 1, label: str) -> None:
+        super().__init__(server)
+
+
+@pytest.mark.parametrize("strategy", [_Logged, _Plain])
+def test_keyword_only_parameters_are_the_options(strategy):
+    defaults = strategy.option_defaults()
+    assert list(defaults) == ["level", "label"]
+    assert defaults["level"] == 1
+    assert repr(defaults["label"]) == "<required>"
+    with pytest.raises(TypeError) as info:
+        strategy.check_options({"level": 2, "lable": "x"})
+    assert "'lable'" in str(info.value) and "label, level" in str(info.value)
+    strategy.check_options({"level": 2, "label": "x"})
+
+
+def test_a_strategy_taking_any_keyword_accepts_every_option():
+    _AnyOptions.check_options({"whatever": 1})
+    with gearshift.Server(LOCALHOST, LineHandler, strategy=_AnyOptions, whatever=1) as server:
+        assert server.strategy.options == {"whatever": 1}

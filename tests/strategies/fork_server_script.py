@@ -32,6 +32,7 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import socketserver
 import sys
 import time
@@ -82,16 +83,25 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=0.1)
     parser.add_argument("--unflushed", default=None)
     parser.add_argument("--atexit", action="store_true")
+    parser.add_argument("--listener", choices=("own", "adopted", "both"), default="own",
+                        help="own: the server binds its port; adopted: it is given a bound socket "
+                             "(listener=); both: it binds one and is given a second, printed too")
     args = parser.parse_args()
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.atexit:
         atexit.register(lambda: print(f"ATEXIT {os.getpid()}", flush=True))
 
+    adopted = None
+    if args.listener != "own":
+        adopted = socket.create_server(("127.0.0.1", 0))
     server = gearshift.Server(
         ("127.0.0.1", 0), Handler, strategy="fork",
+        listener=adopted if args.listener == "adopted" else None,
         max_children=args.max_children, drain_timeout=args.drain_timeout,
     )
+    if args.listener == "both":
+        server.add_listener(adopted)
 
     def on_sigterm(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not abort the drain
@@ -100,6 +110,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     sys.stdout.write(f"{server.server_address[1]}\n")
+    if args.listener == "both":
+        sys.stdout.write(f"{adopted.getsockname()[1]}\n")
     sys.stdout.flush()
     if args.unflushed is not None:
         sys.stdout.write(args.unflushed)  # left in the buffer: a child must not write it again

@@ -126,8 +126,17 @@ def test_children_do_not_run_the_parents_atexit_handlers(fork_server):
     assert f"ATEXIT {server.pid}\n" in out  # from the parent, at its exit
 
 
-def test_a_childs_copy_of_the_listener_is_closed(fork_server):
-    server = fork_server()
+@pytest.mark.parametrize("listener", ["own", "adopted", "both"])
+def test_ports_are_free_while_a_child_finishes(fork_server, listener):
+    """A child still busy after the parent's server_close() keeps no listening socket alive: the
+    server shuts down the listeners it created (which reaches the children's copies) and the
+    children close their copies of adopted ones. Then every port can be bound again at once and
+    a new connection is refused instead of waiting in a backlog nobody accepts from."""
+    server = fork_server("--listener", listener)
+    ports = [server.port]
+    if listener == "both":
+        assert wait_for(lambda: server.stdout().count("\n") >= 2)
+        ports.append(int(server.stdout().split("\n")[1]))
     with connect(server.address) as client:
         client.sendall(b"slow 2 slow-one\n")
         started, child = read_line(client).split()
@@ -135,19 +144,26 @@ def test_a_childs_copy_of_the_listener_is_closed(fork_server):
         child = int(child)
         os.kill(server.pid, signal.SIGTERM)  # shutdown() + server_close(), which drains the child
 
-        def port_free() -> bool:
+        def free(port: int) -> bool:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(("127.0.0.1", port))
+                except ConnectionRefusedError:
+                    pass
+                else:
+                    return False
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
-                    probe.bind(server.address)
+                    probe.bind(("127.0.0.1", port))
                     probe.listen()
                 except OSError:
                     return False
                 return True
 
-        # Bound again while the child is still busy with its slow request: neither the parent
-        # nor the child holds a listening socket on the port any more.
-        assert wait_for(port_free, timeout=1.8), "the port stays bound while a child runs"
+        # While the child is still busy with its slow request: neither the parent nor the child
+        # listens on any of the ports any more.
+        assert wait_for(lambda: all(free(port) for port in ports), timeout=1.8), "a port stays bound"
         assert _alive(child), "the child finished before the port check could prove anything"
         assert read_line(client) == f"slow-one {child}\n".encode()  # the drain let it finish
     server.proc.wait(HANG_GUARD)

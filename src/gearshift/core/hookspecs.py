@@ -1,16 +1,24 @@
 """The hooks a gearshift plugin can implement. Read this file top to bottom to know the contract.
 
-A plugin is any module or object with functions marked ``@gearshift.hookimpl`` whose names are
-the hook names below. Built-in strategies are plugins registered exactly like third-party ones;
-third parties are found through the ``gearshift.strategies`` entry-point group, whose entries name
-a module or object to register::
+A plugin is any module or object with functions named like the hooks below. Mark them
+``@gearshift.hookimpl`` (pluggy's marker for project "gearshift"), as third-party plugins
+usually do; an unmarked function with exactly a hook's name is recognised too, which is how the
+built-in strategy modules stay importable without pluggy (see ``plugins.py``). Use the marker
+for pluggy's options (``tryfirst``, ``trylast``, ``wrapper``, ...). A marked function whose name
+is not a gearshift hook is an error, not ignored. Built-in strategies are plugins registered
+exactly like third-party ones; third parties are found through the ``gearshift.strategies``
+entry-point group, whose entries name a module or object to register::
 
     [project.entry-points."gearshift.strategies"]
     reversed = "myplugin"
+
+This module imports pluggy: gearshift imports it only when a plugin manager is needed.
 """
 
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -44,3 +52,28 @@ def gearshift_add_options(parser: Any) -> None:
     option whose ``dest`` matches a keyword option of your strategy's ``__init__`` reaches the
     strategy when it is the one selected (options left at ``None`` are not passed).
     """
+
+
+HOOK_NAMES = ("gearshift_add_options", "gearshift_strategies")
+
+
+def _unmarked_options() -> Any:
+    """The options an unmarked hook function gets: the marker's defaults, whatever pluggy's version."""
+
+    def probe() -> None: ...
+
+    return dict(getattr(hookimpl(probe), f"{PROJECT}_impl"))
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for project "gearshift", which also takes unmarked hook functions."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT)
+        self.add_hookspecs(sys.modules[__name__])
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOK_NAMES and inspect.isroutine(getattr(plugin, name, None)):
+            opts = _unmarked_options()
+        return opts

@@ -11,7 +11,9 @@ import errno
 import os
 import socket
 import stat
-from typing import Any
+TYPE_CHECKING = False  # not typing's: the core does not import typing at run time (plugins.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 from .logs import get_logger
 

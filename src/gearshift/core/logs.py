@@ -8,7 +8,9 @@ behind this proxy, configured the ordinary way.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # not typing's: the core does not import typing at run time (plugins.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 INFO = 20  # logging.INFO, without importing logging
 

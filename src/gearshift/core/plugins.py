@@ -1,31 +1,37 @@
-"""The plugin manager: built-in strategies and third-party ones, found the same way.
+"""The plugin registry: built-in strategies and third-party ones, found the same way.
 
-Built-in strategy modules are registered as ordinary plugins; third parties are loaded from the
-``gearshift.strategies`` entry-point group. The registry is rebuilt when ``sys.path`` changes (a
-test or an application that adds a plugin's directory sees it without a restart) and cached
-otherwise, because scanning installed distributions costs milliseconds.
+Every strategy comes from a plugin's ``gearshift_strategies`` hook. The built-in strategy modules
+are plugins; third parties are loaded from the ``gearshift.strategies`` entry-point group and
+registered with pluggy next to them. The registry is rebuilt when ``sys.path`` changes (a test or
+an application that adds a plugin's directory sees it without a restart) and cached otherwise.
+
+pluggy is loaded only when it has something to do. When no installed distribution declares a
+``gearshift.strategies`` entry point, the plugins are exactly the built-in modules, and their hook
+functions are read off those modules directly: the same functions pluggy would find, called the
+same way, with the same checks. Why bother: pluggy imports ``inspect`` and ``typing`` (about 2 MB
+of a process), and the ``fork`` strategy pays for every megabyte of its parent on every request,
+in ``fork()`` and again when the child exits. The built-in modules therefore define their hooks
+as plain functions named like the hook; gearshift's plugin manager recognises such functions with
+or without ``@gearshift.hookimpl`` (pytest does the same for ``pytest_*`` functions).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
 import os
 import sys
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
 
-import pluggy
-
-from . import hookspecs
 from .errors import PluginError, UnknownStrategyError
 from .strategy import Strategy
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from importlib import metadata
+    from typing import Any
+
+    import pluggy
 
 ENTRY_POINT_GROUP = "gearshift.strategies"
 BUILTIN_PLUGINS = (
@@ -33,49 +39,37 @@ BUILTIN_PLUGINS = (
     "gearshift.strategies.thread",
     "gearshift.strategies.fork",
 )
+BUILTIN = "built-in"
 
 
-@dataclass(frozen=True)
 class StrategyInfo:
     """Where a strategy came from: ``"built-in"`` or ``"<distribution> (entry point <name>)"``."""
 
-    strategy: type[Strategy]
-    origin: str
+    __slots__ = ("strategy", "origin")
+
+    def __init__(self, strategy: type[Strategy], origin: str) -> None:
+        self.strategy = strategy
+        self.origin = origin
 
 
-@dataclass(frozen=True)
-class Registry:
-    plugin_manager: pluggy.PluginManager
-    strategies: Mapping[str, StrategyInfo]
-
-
-_lock = threading.Lock()
-_cache: tuple[tuple[str, ...], Registry] | None = None
-
-
-def get_registry() -> Registry:
-    """The current registry, rebuilt if ``sys.path`` changed since it was built."""
-    global _cache
-    key = tuple(sys.path)
-    with _lock:
-        if _cache is None or _cache[0] != key:
-            _cache = (key, _build_registry())
-        return _cache[1]
+_lock = threading.RLock()
+_strategies: tuple[tuple[str, ...], Mapping[str, StrategyInfo]] | None = None
+_manager: tuple[tuple[str, ...], pluggy.PluginManager, dict[str, str]] | None = None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The pluggy manager with built-in and third-party plugins registered."""
-    return get_registry().plugin_manager
+    """The pluggy manager with built-in and third-party plugins registered (imports pluggy)."""
+    return _plugin_manager()[0]
 
 
 def available_strategies() -> Mapping[str, type[Strategy]]:
     """Every strategy that can be asked for by name: built-ins and installed third-party ones."""
-    return MappingProxyType({name: info.strategy for name, info in get_registry().strategies.items()})
+    return MappingProxyType({name: info.strategy for name, info in _registry().items()})
 
 
 def strategy_origins() -> Mapping[str, str]:
     """Where each strategy comes from, for ``gearshift --list-strategies``."""
-    return MappingProxyType({name: info.origin for name, info in get_registry().strategies.items()})
+    return MappingProxyType({name: info.origin for name, info in _registry().items()})
 
 
 def resolve_strategy(strategy: str | type[Strategy]) -> type[Strategy]:
@@ -84,40 +78,64 @@ def resolve_strategy(strategy: str | type[Strategy]) -> type[Strategy]:
         return strategy
     if not isinstance(strategy, str):
         raise TypeError(f"strategy must be a name or a Strategy subclass, not {strategy!r}")
-    strategies = get_registry().strategies
+    strategies = _registry()
     try:
         return strategies[strategy].strategy
     except KeyError:
         raise UnknownStrategyError(strategy, strategies) from None
 
 
-def _build_registry() -> Registry:
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    origins: dict[str, str] = {}
-    for module_name in BUILTIN_PLUGINS:
-        pm.register(importlib.import_module(module_name), name=module_name)
-        origins[module_name] = "built-in"
-    for entry_point in _entry_points():
-        origin = _describe(entry_point)
-        try:
-            plugin = entry_point.load()
-        except Exception as exc:
-            raise PluginError(f"cannot load gearshift plugin {origin}: {type(exc).__name__}: {exc}") from exc
-        plugin_name = f"{ENTRY_POINT_GROUP}:{entry_point.name}"
-        if pm.is_registered(plugin):
-            continue  # the same module listed twice (e.g. a dist-info on sys.path twice)
-        try:
-            pm.register(plugin, name=plugin_name)
-        except Exception as exc:
-            raise PluginError(f"cannot register gearshift plugin {origin}: {exc}") from exc
-        origins[plugin_name] = origin
+def hook_implementations(hook_name: str) -> list[tuple[str, Callable[..., object]]]:
+    """``(origin, call)`` for every plugin implementing ``hook_name``, in pluggy's call order (the
+    last registered first). ``call(**hook_arguments)`` passes an implementation only the
+    arguments it declares, as pluggy does. pluggy itself is used only if a third-party plugin
+    may be installed."""
+    if not _may_have_entry_points():
+        modules = [_import(name) for name in BUILTIN_PLUGINS]
+        functions = [getattr(module, hook_name, None) for module in reversed(modules)]
+        return [(BUILTIN, _caller(f, _argnames(f))) for f in functions if callable(f)]
+    pm, origins = _plugin_manager()
+    return [
+        (origins.get(impl.plugin_name, impl.plugin_name), _caller(impl.function, impl.argnames))
+        for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls())
+    ]
 
+
+def _argnames(function: Callable[..., object]) -> tuple[str, ...]:
+    code = function.__code__  # type: ignore[attr-defined]
+    return tuple(code.co_varnames[: code.co_argcount])
+
+
+def _caller(function: Callable[..., object], argnames: tuple[str, ...]) -> Callable[..., object]:
+    def call(**arguments: object) -> object:
+        return function(*[arguments[name] for name in argnames])
+
+    return call
+
+
+def _registry() -> Mapping[str, StrategyInfo]:
+    global _strategies
+    key = tuple(sys.path)
+    with _lock:
+        if _strategies is None or _strategies[0] != key:
+            _strategies = (key, _collect_strategies())
+        return _strategies[1]
+
+
+def _plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
+    global _manager
+    key = tuple(sys.path)
+    with _lock:
+        if _manager is None or _manager[0] != key:
+            _manager = (key, *_build_plugin_manager())
+        return _manager[1], _manager[2]
+
+
+def _collect_strategies() -> Mapping[str, StrategyInfo]:
     strategies: dict[str, StrategyInfo] = {}
-    for impl in pm.hook.gearshift_strategies.get_hookimpls():
-        origin = origins.get(impl.plugin_name, impl.plugin_name)
+    for origin, call in hook_implementations("gearshift_strategies"):
         try:
-            provided = impl.function()
+            provided = call()
         except Exception as exc:
             raise PluginError(f"gearshift plugin {origin} failed in gearshift_strategies(): {exc!r}") from exc
         if provided is None:
@@ -137,7 +155,41 @@ def _build_registry() -> Registry:
                     f"({strategy.__module__}.{strategy.__qualname__}); uninstall one of them"
                 )
             strategies[strategy.name] = StrategyInfo(strategy, origin)
-    return Registry(pm, MappingProxyType(dict(sorted(strategies.items()))))
+    return MappingProxyType(dict(sorted(strategies.items())))
+
+
+def _build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
+    from . import hookspecs
+
+    pm = hookspecs.PluginManager()
+    origins: dict[str, str] = {}
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(_import(module_name), name=module_name)
+        origins[module_name] = BUILTIN
+    for entry_point in _entry_points():
+        origin = _describe(entry_point)
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(f"cannot load gearshift plugin {origin}: {type(exc).__name__}: {exc}") from exc
+        plugin_name = f"{ENTRY_POINT_GROUP}:{entry_point.name}"
+        if pm.is_registered(plugin):
+            continue  # the same module listed twice (e.g. a dist-info on sys.path twice)
+        try:
+            pm.register(plugin, name=plugin_name)
+        except Exception as exc:
+            raise PluginError(f"cannot register gearshift plugin {origin}: {exc}") from exc
+        origins[plugin_name] = origin
+    for hook_caller in pm.hook.__dict__.values():
+        for impl in hook_caller.get_hookimpls() if not hook_caller.has_spec() else ():
+            if impl.optionalhook:
+                continue
+            origin = origins.get(impl.plugin_name, impl.plugin_name)
+            raise PluginError(
+                f"gearshift plugin {origin} implements {hook_caller.name}(), which is not a gearshift "
+                f"hook; the hooks are: {', '.join(hookspecs.HOOK_NAMES)}"
+            )
+    return pm, origins
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -157,7 +209,8 @@ def _may_have_entry_points() -> bool:
     ``entry_points.txt`` files decides that without importing it. Anything this cannot see
     through (a zip on sys.path, a third-party distribution finder) means "maybe".
     """
-    standard = importlib.machinery.PathFinder
+    # importlib.machinery.PathFinder, without importing importlib (the frozen module is loaded).
+    standard = sys.modules["_frozen_importlib_external"].PathFinder
     if any(hasattr(f, "find_distributions") and f is not standard for f in sys.meta_path):
         return True
     marker = f"[{ENTRY_POINT_GROUP}]"
@@ -181,6 +234,12 @@ def _may_have_entry_points() -> bool:
             except (OSError, UnicodeDecodeError):
                 continue
     return False
+
+
+def _import(module_name: str) -> Any:
+    """``importlib.import_module`` for an absolute name, without importing ``importlib``."""
+    __import__(module_name)
+    return sys.modules[module_name]
 
 
 def _describe(entry_point: Any) -> str:

@@ -22,7 +22,6 @@ of waiting out ``poll_interval``; a handler can return an idle connection to the
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import os
@@ -32,8 +31,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from .listeners import (
     DEFAULT_BACKLOG,
@@ -46,6 +43,10 @@ from .listeners import (
 from .plugins import resolve_strategy
 from .strategy import Address, Strategy
 from .logs import get_logger
+
+TYPE_CHECKING = False  # not typing's: the core does not import typing at run time (plugins.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = get_logger("gearshift")
 
@@ -90,6 +91,10 @@ class Server:
         self.server_address = server_address
         self.listeners: list[socket.socket] = []
         self._unix_paths: list[tuple[str, int, int]] = []  # (path, inode, creator pid) to unlink
+        # Listeners by file descriptor: the ones this server created (fd -> creating pid), which
+        # server_close() stops with shutdown(), and the adopted ones, which it only closes.
+        self._own_listeners: dict[int, int] = {}
+        self._adopted_listeners: tuple[int, ...] = ()  # a tuple: an empty one costs a child nothing
         self._loop: _LoopState | None = None
         self._loop_thread: int | None = None
         self._serving_thread: int | None = None
@@ -113,6 +118,7 @@ class Server:
                 bind_and_activate=False,
             )
             self.listeners.append(sock)
+            self._own_listeners[sock.fileno()] = os.getpid()
             if bind_and_activate:
                 try:
                     self.server_bind()
@@ -140,19 +146,35 @@ class Server:
         """Bind the first listener to ``server_address`` and record the real address."""
         bind(self.socket, self.server_address)
         self.server_address = self.socket.getsockname()
-        if self.socket.family == getattr(socket, "AF_UNIX", None):
-            path = os.fsdecode(self.server_address)
-            with contextlib.suppress(OSError):
+        self._remember_unix_path(self.socket)
+
+    def _remember_unix_path(self, sock: socket.socket) -> None:
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            path = os.fsdecode(sock.getsockname())
+            try:
                 self._unix_paths.append((path, os.stat(path).st_ino, os.getpid()))
+            except OSError:
+                pass
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)
 
-    def add_listener(self, sock: socket.socket) -> None:
-        """Serve connections from another already-listening socket in the same loop."""
+    def add_listener(self, sock: socket.socket, *, own: bool = False) -> None:
+        """Serve connections from another already-listening socket in the same loop.
+
+        ``own=True`` hands the socket over: ``server_close()`` then treats it like the server's
+        first listener (stops listening on every copy of it and removes its Unix socket file).
+        Leave it False for a socket the server merely borrows, such as one inherited from
+        systemd or a supervisor that keeps listening on it after this server is closed.
+        """
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"gearshift serves stream sockets only, not {sock.type!r}")
         sock.setblocking(False)
+        if own:
+            self._own_listeners[sock.fileno()] = os.getpid()
+            self._remember_unix_path(sock)
+        else:
+            self._adopted_listeners += (sock.fileno(),)
         self.listeners.append(sock)
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
@@ -418,13 +440,24 @@ class Server:
             self._closed = True
             resumed = list(self._resume_queue)
             self._resume_queue.clear()
+        me = os.getpid()
         for sock in self.listeners:
+            if self._own_listeners.get(sock.fileno()) == me:
+                # Stops the listening socket itself, not just this descriptor: forked children
+                # that still hold a copy (a slow request) neither keep the port nor queue
+                # connections nobody will accept, and they need not close their copies.
+                try:
+                    sock.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
             sock.close()
-        for path, inode, pid in self._unix_paths:
-            if pid == os.getpid():
-                with contextlib.suppress(OSError):
+        for path, inode, creator in self._unix_paths:
+            if creator == me:
+                try:
                     if os.stat(path).st_ino == inode:
                         os.unlink(path)
+                except OSError:
+                    pass
         for request, _, _ in resumed:
             self.shutdown_request(request)
         loop = self._loop
@@ -451,21 +484,26 @@ class Server:
             loop.waker.close()
 
     def detach_loop(self) -> None:
-        """In a forked child that will not run this server's loop: close this process's copies of
-        the listeners and of any idle connections, touching nothing the parent owns (no
-        ``shutdown()`` of shared connections, no unlinking of a Unix socket path).
+        """In a forked child that will not run this server's loop: drop the loop and close this
+        process's copies of what could outlive the parent's ``server_close()``, touching nothing
+        the parent owns (no ``shutdown()`` of shared connections, no unlinking of a Unix socket).
 
-        Why: a child that outlives the parent's ``server_close()`` (a keep-alive connection, a
-        slow request) must not keep the port bound or accept connections of its own.
+        Why so little: this runs once per request under ``fork``, and every object a child
+        touches costs it a copy-on-write page fault. Listeners the server created need nothing
+        here (``server_close()`` shuts them down, which reaches every copy); adopted ones, idle
+        connections and queued ones are closed, so a child that outlives the parent's server
+        (a slow request, a keep-alive connection) keeps no port and no client waiting. The
+        selector and the wake-up socket are close-on-exec and end with the child (unregistering
+        anything would edit the epoll set this process shares with the parent).
         """
-        # Only closes, and only what could outlive the parent's server: the selector and the
-        # wake-up socket are close-on-exec and end with the child (closing them here would cost
-        # every forked request page faults for nothing), and unregistering anything would edit
-        # the epoll set this process shares with the parent.
-        for sock in self.listeners:
-            sock.close()
-        loop, self._loop = self._loop, None
-        if loop is not None:
+        # The loop stays referenced (writing the attribute would cost a fault): it records the
+        # pid that owns it, so this process never mistakes it for its own.
+        if self._adopted_listeners:
+            for sock in self.listeners:
+                if sock.fileno() in self._adopted_listeners:
+                    sock.close()
+        loop = self._loop
+        if loop is not None and loop._idle:  # not a method call: one cold function less
             for idle in loop.idle_connections():
                 idle.request.close()
         while self._resume_queue:
@@ -493,26 +531,28 @@ _LISTENER = "listener"
 _WAKER = "waker"
 
 
-@dataclass(eq=False)
 class _Idle:
     """A connection waiting in the selector for its next bytes."""
 
-    request: socket.socket
-    client_address: Address
-    deadline: float | None
-    parked: bool = True
+    __slots__ = ("request", "client_address", "deadline", "parked")
+
+    def __init__(self, request: socket.socket, client_address: Address, deadline: float | None) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.deadline = deadline
+        self.parked = True
 
 
-@dataclass
 class _LoopState:
     """What one process's loop owns: its selector, its wake-up socket, its idle connections."""
 
-    pid: int
-    selector: selectors.BaseSelector
-    waker: Waker
-    _deadlines: list[tuple[float, int, _Idle]] = field(default_factory=list)
-    _order: itertools.count = field(default_factory=itertools.count)
-    _idle: set[_Idle] = field(default_factory=set)
+    def __init__(self, pid: int, selector: selectors.BaseSelector, waker: Waker) -> None:
+        self.pid = pid
+        self.selector = selector
+        self.waker = waker
+        self._deadlines: list[tuple[float, int, _Idle]] = []
+        self._order = itertools.count()
+        self._idle: set[_Idle] = set()
 
     def park(self, request: socket.socket, client_address: Address, deadline: float | None) -> None:
         idle = _Idle(request, client_address, deadline)

@@ -36,15 +36,21 @@ server uses it:
 
 from __future__ import annotations
 
-import inspect
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
 
+# Not ``typing.TYPE_CHECKING``: the core imports neither typing nor inspect at run time, because
+# every module a fork()ing parent holds is copied on every request (see plugins.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, ClassVar
+
     from .server import Server
 
-Address = Any  # (host, port) for TCP, (host, port, flow, scope) for IPv6, str for Unix sockets
+#: (host, port) for TCP, (host, port, flow, scope) for IPv6, str for Unix sockets.
+Address = tuple | str
+
+_CO_VARKEYWORDS = 0x08  # inspect.CO_VARKEYWORDS
 
 
 class Strategy:
@@ -111,26 +117,22 @@ class Strategy:
     @classmethod
     def description(cls) -> str:
         """One line describing the strategy: the first line of its docstring."""
+        import inspect  # only the command's --list-strategies asks
+
         doc = inspect.getdoc(cls) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         """The options this strategy accepts, with their defaults, read from ``__init__``."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        return {
-            p.name: p.default
-            for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY
-        }
+        return dict(_keyword_options(cls.__init__)[0])
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming any option this strategy does not accept."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        accepted, takes_any = _keyword_options(cls.__init__)
+        if takes_any:
             return
-        accepted = cls.option_defaults()
         unknown = sorted(set(options) - set(accepted))
         if unknown:
             names = ", ".join(repr(name) for name in unknown)
@@ -143,6 +145,39 @@ class Strategy:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
+
+
+def _keyword_options(init: Callable[..., object]) -> tuple[dict[str, Any], bool]:
+    """The keyword-only parameters of ``init`` with their defaults, and whether it takes
+    ``**kwargs``: read off the code object for a plain function (every strategy so far), through
+    ``inspect.signature`` for anything else (a decorated or C-level ``__init__``)."""
+    code = getattr(init, "__code__", None)
+    if code is None or hasattr(init, "__wrapped__"):
+        import inspect
+
+        params = inspect.signature(init).parameters.values()
+        return (
+            {
+                p.name: _REQUIRED if p.default is inspect.Parameter.empty else p.default
+                for p in params
+                if p.kind is inspect.Parameter.KEYWORD_ONLY
+            },
+            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+        )
+    first = code.co_argcount
+    names = code.co_varnames[first:first + code.co_kwonlyargcount]
+    defaults = init.__kwdefaults__ or {}  # type: ignore[attr-defined]
+    return {name: defaults.get(name, _REQUIRED) for name in names}, bool(code.co_flags & _CO_VARKEYWORDS)
+
+
+class _Required:
+    """Default of a keyword-only option without one (``inspect.Parameter.empty``'s role)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED = _Required()
 
 
 # -- option validation shared by strategies (ValueError names the option and the bad value) -----

@@ -104,12 +104,13 @@ class WSGIServer(Server):
         self.base_environ = self._base_environ()
         self._server_header = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 
-    def add_listener(self, sock: socket.socket) -> None:
-        """Add a listening socket; under ``ssl_context`` it serves HTTPS too."""
+    def add_listener(self, sock: socket.socket, *, own: bool = False) -> None:
+        """Add a listening socket (see :meth:`Server.add_listener`); under ``ssl_context`` it
+        serves HTTPS too."""
         self._defer_accept(sock)
         if self.ssl_context is not None:
             sock = self._wrap(sock)
-        super().add_listener(sock)
+        super().add_listener(sock, own=own)
 
     def _defer_accept(self, sock: socket.socket) -> None:
         """HTTP clients speak first: let the kernel hand over a connection only once its first

@@ -9,8 +9,9 @@ Compared with socketserver's ForkingMixIn:
   when no traffic arrives;
 - the parent flushes stdio before forking and the child leaves with ``os._exit`` after flushing
   only what it wrote itself: no output is written twice and no atexit handler runs in a child;
-- the child closes its copies of the listening sockets, so the port is free as soon as the
-  parent closes, even while a child is still finishing a slow request;
+- the port is free as soon as the parent's ``server_close()`` returns, even while a child is
+  still finishing a slow request (the server shuts its listeners down, which reaches the
+  children's copies too, so a child need not close them);
 - the child ignores SIGINT (Ctrl+C reaches the whole process group; the parent decides whether
   in-flight requests finish) and takes SIGTERM's default action, which the parent uses to stop
   children that outlive the drain timeout.
@@ -21,7 +22,6 @@ process on gearshift's account (Python 3.12+ warns about that).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import signal
@@ -30,7 +30,6 @@ import sys
 import time
 
 from ..core.errors import StrategyUnavailableError
-from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy, bool_option, positive_int_option
 from ..core.logs import get_logger
 
@@ -39,11 +38,12 @@ log = get_logger("gearshift")
 try:
     # The C function behind signal.signal(), without the wrapper's conversion of the old handler
     # to an enum: in a child, that conversion alone costs ~40 copy-on-write page faults.
-    from _signal import SIG_DFL as _SIG_DFL
-    from _signal import SIG_IGN as _SIG_IGN
     from _signal import signal as _set_signal
 except ImportError:  # pragma: no cover - other implementations
-    _set_signal, _SIG_DFL, _SIG_IGN = signal.signal, signal.SIG_DFL, signal.SIG_IGN
+    _set_signal = signal.signal
+# Plain ints rather than the Signals/Handlers enum members, for the same reason.
+_SIGINT, _SIGTERM = int(signal.SIGINT), int(signal.SIGTERM)
+_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
 
 #: After the drain timeout, how long children get between SIGTERM and SIGKILL.
 TERMINATE_GRACE = 2.0
@@ -100,8 +100,10 @@ class ForkStrategy(Strategy):
         if self._exits is not None and len(self._pid_of_fd) == len(self.active_children):
             for fd, _ in self._exits.poll(0):
                 pid = self._pid_of_fd[fd]
-                with contextlib.suppress(ChildProcessError):
+                try:
                     os.waitpid(pid, 0)  # its pidfd is readable: it has exited, this cannot block
+                except ChildProcessError:
+                    pass
                 self._forget(pid)
             return len(self.active_children)
         for pid in list(self.active_children):
@@ -139,8 +141,10 @@ class ForkStrategy(Strategy):
         if self.active_children:
             self._signal_all(signal.SIGKILL)
             for pid in list(self.active_children):
-                with contextlib.suppress(ChildProcessError):
+                try:
                     os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
                 self._forget(pid)
 
     def terminate(self) -> int:
@@ -148,8 +152,10 @@ class ForkStrategy(Strategy):
         children = list(self.active_children)
         self._signal_all(signal.SIGKILL)
         for pid in children:
-            with contextlib.suppress(ChildProcessError):
+            try:
                 os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
             self._forget(pid)
         return len(children)
 
@@ -157,8 +163,10 @@ class ForkStrategy(Strategy):
         """Block until one of our children may have exited, or ``timeout`` passes."""
         if self._exits is not None and self._pid_of_fd and len(self._pid_of_fd) == len(self.active_children):
             # OSError: a signal handler's server_close() closed the pidfds under us.
-            with contextlib.suppress(InterruptedError, OSError):
+            try:
                 self._exits.poll(None if timeout is None else max(0, int(timeout * 1000)))
+            except (InterruptedError, OSError):
+                pass
         else:  # no pidfds on this platform: poll our own pids, never waitpid(-1)
             time.sleep(0.005 if timeout is None else max(0.0, min(0.005, timeout)))
 
@@ -171,8 +179,10 @@ class ForkStrategy(Strategy):
 
     def _signal_all(self, signum: int) -> None:
         for pid in self.active_children:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     # -- the child -----------------------------------------------------------------------------
 
@@ -184,8 +194,8 @@ class ForkStrategy(Strategy):
         try:
             self.server.detach_loop()
             try:
-                _set_signal(signal.SIGINT, _SIG_IGN)
-                _set_signal(signal.SIGTERM, _SIG_DFL)
+                _set_signal(_SIGINT, _SIG_IGN)
+                _set_signal(_SIGTERM, _SIG_DFL)
             except ValueError:  # not the main thread: signals stay as they were
                 pass
             if self.handle_connection(request, client_address):
@@ -218,6 +228,6 @@ def _flush_stdio() -> None:
                 pass
 
 
-@hookimpl
+# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ForkStrategy]

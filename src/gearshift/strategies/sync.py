@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 
-from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy
 
 
@@ -17,6 +16,6 @@ class SyncStrategy(Strategy):
         self.handle_connection(request, client_address)
 
 
-@hookimpl
+# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
 def gearshift_strategies() -> list[type[Strategy]]:
     return [SyncStrategy]

@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 
-from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy, bool_option
 from ..core.logs import get_logger
 
@@ -78,6 +77,6 @@ class ThreadStrategy(Strategy):
             )
 
 
-@hookimpl
+# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ThreadStrategy]
