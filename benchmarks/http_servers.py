@@ -24,6 +24,11 @@ werkzeug-processes    ``run_simple(host, port, app, processes=40)``
 gunicorn-sync         ``python -m gunicorn -w 2 -k sync hello_app:app``
 gunicorn-gthread      ``python -m gunicorn -w 2 -k gthread --threads 4 hello_app:app``
 cheroot               ``cheroot.wsgi.Server((host, port), app)`` (default ``numthreads=10``)
+fork-floor            a reference, not a WSGI server: gearshift ``Server(..., strategy="fork",
+                      max_children=40)`` whose handler reads the request head line by line and
+                      writes a fixed ``Hello, World!`` response, then closes. No HTTP parser, no
+                      environ, no application: what one fork per connection costs by itself,
+                      so no fork-per-connection WSGI server can beat it on this machine
 ====================  ==========================================================================
 """
 
@@ -107,6 +112,33 @@ def run_cheroot(port: int) -> None:
         server.stop()
 
 
+def run_fork_floor(port: int) -> None:
+    import socketserver
+
+    import gearshift
+
+    sys.path.insert(0, str(HERE))
+    from hello_app import BODY
+
+    response = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (len(BODY), BODY))
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            for _ in range(100):
+                line = self.rfile.readline(65537)
+                if not line or line in (b"\r\n", b"\n"):
+                    break
+            self.wfile.write(response)
+
+    server = gearshift.Server((HOST, port), Handler, strategy="fork", max_children=40)
+    try:
+        server.serve_forever()
+    finally:
+        if os.getpid() == _MAIN_PID:
+            server.server_close()
+
+
 RUNNERS: dict[str, Callable[[int], None]] = {
     "gearshift-sync": lambda port: run_gearshift("sync", port),
     "gearshift-thread": lambda port: run_gearshift("thread", port),
@@ -115,6 +147,7 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "werkzeug-threaded": lambda port: run_werkzeug(port, threaded=True),
     "werkzeug-processes": lambda port: run_werkzeug(port, processes=40),
     "cheroot": run_cheroot,
+    "fork-floor": run_fork_floor,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +203,10 @@ def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence
     return _entry("cheroot", port, log_path, python_args)
 
 
+def start_fork_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+    return _entry("fork-floor", port, log_path, python_args)
+
+
 def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str]) -> subprocess.Popen:
     argv = [
         sys.executable, "-m", "gunicorn",
@@ -202,6 +239,7 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gunicorn-sync": start_gunicorn_sync,
     "gunicorn-gthread": start_gunicorn_gthread,
     "cheroot": start_cheroot,
+    "fork-floor": start_fork_floor,
 }
 
 #: the Python packages each server needs (for the setup check in bench_http.py)
@@ -215,6 +253,7 @@ REQUIRES: dict[str, str] = {
     "gunicorn-sync": "gunicorn",
     "gunicorn-gthread": "gunicorn",
     "cheroot": "cheroot",
+    "fork-floor": "gearshift",
 }
 
 
