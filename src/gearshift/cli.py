@@ -584,8 +584,7 @@ def strategy_options(args: argparse.Namespace, strategy: type[Any]) -> dict[str,
     the strategy does not take them), and plugin options whose dest the selected strategy
     accepts. Options left at None are not passed."""
     accepted = strategy.option_defaults()
-    parameters = inspect.signature(strategy.__init__).parameters.values()
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    takes_any = strategy.accepts_any_option()
     options = {}
     for dest in BUILTIN_STRATEGY_OPTIONS:
         value = getattr(args, dest, None)

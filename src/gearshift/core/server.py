@@ -484,8 +484,8 @@ class Server:
             loop.waker.close()
 
     def detach_loop(self) -> None:
-        """In a forked child that will not run this server's loop: drop the loop and close this
-        process's copies of what could outlive the parent's ``server_close()``, touching nothing
+        """In a forked child that will not run this server's loop: close this process's copies of
+        what could outlive the parent's ``server_close()``, touching nothing
         the parent owns (no ``shutdown()`` of shared connections, no unlinking of a Unix socket).
 
         Why so little: this runs once per request under ``fork``, and every object a child

@@ -128,6 +128,11 @@ class Strategy:
         return dict(_keyword_options(cls.__init__)[0])
 
     @classmethod
+    def accepts_any_option(cls) -> bool:
+        """Does ``__init__`` take ``**options``? Then no option name is refused up front."""
+        return _keyword_options(cls.__init__)[1]
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         """Raise ``TypeError`` naming any option this strategy does not accept."""
         accepted, takes_any = _keyword_options(cls.__init__)
