@@ -16,6 +16,7 @@ import time
 import pytest
 from core_helpers import (
     HANG_GUARD,
+    wait_for,
     ForkServerProcess,
     LineHandler,
     ask,
@@ -94,6 +95,75 @@ def test_socketserver_attributes_and_context_manager():
         assert str(port) in repr(server) and "sync" in repr(server)
     assert server.socket.fileno() == -1  # closed by __exit__
     server.server_close()  # idempotent
+
+
+class _Recorder(socketserver.BaseRequestHandler):
+    seen: list = []
+
+    def handle(self):
+        self.seen.append(_describe(self.request, self.client_address))
+
+
+def _describe(request, client_address):
+    return type(request), request.family, request.type, request.gettimeout(), type(client_address)
+
+
+def _listener(family, address):
+    if family == socket.AF_UNIX:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(address)
+        sock.listen()
+        return sock
+    return socket.create_server(address, family=family)
+
+
+@pytest.mark.parametrize("case", ["inet", "inet6", "unix", "default-timeout"])
+def test_accepted_connection_is_what_socket_accept_returns(case, tmp_path):
+    # The loop accepts with the C-level _accept() (skipping socket.accept()'s enum conversions):
+    # the handler must still get exactly what socket.accept() would have given it.
+    if case == "inet6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    family, address = {
+        "inet": (socket.AF_INET, LOCALHOST),
+        "inet6": (socket.AF_INET6, ("::1", 0)),
+        "unix": (socket.AF_UNIX, str(tmp_path / "s.sock")),
+        "default-timeout": (socket.AF_INET, LOCALHOST),
+    }[case]
+    previous = socket.getdefaulttimeout()
+    if case == "default-timeout":
+        socket.setdefaulttimeout(7.0)
+    try:
+        _Recorder.seen = []
+        with gearshift.Server(address, _Recorder) as server, connect(server.server_address):
+            server.handle_request()
+        (ours,) = _Recorder.seen
+        with _listener(family, address) as listener, connect(listener.getsockname()):
+            request, client_address = listener.accept()
+            with request:
+                theirs = _describe(request, client_address)
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert ours == theirs
+    assert ours[1] == family and type(ours[1]) is socket.AddressFamily
+    assert type(ours[2]) is socket.SocketKind
+    assert ours[3] == (7.0 if case == "default-timeout" else None)
+
+
+def test_a_listener_subclass_accepts_with_its_own_accept():
+    # An ssl.SSLSocket listener wraps what it accepts in accept(): a subclass's accept() is used.
+    class CountingSocket(socket.socket):
+        accepts = 0
+
+        def accept(self):
+            type(self).accepts += 1
+            return super().accept()
+
+    listener = CountingSocket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(LOCALHOST)
+    listener.listen()
+    with serve(gearshift.Server(None, LineHandler, listener=listener)) as server:
+        assert ask(server.server_address, "echo hi").startswith("hi")
+    assert CountingSocket.accepts >= 1
 
 
 def test_bind_and_activate_false_then_bind_by_hand():
@@ -485,6 +555,28 @@ def test_idle_connection_without_timeout_stays_open_and_is_closed_by_server_clos
         server.shutdown()
         server.server_close()
         assert client.recv(100) == b""
+
+
+def test_detach_needed_says_when_a_forked_child_must_detach():
+    # Asked by fork strategies before each fork: only a loop that holds something a child must
+    # not keep (an adopted listener, an idle connection) needs detach_loop() in the child.
+    handler = resuming(idle_timeout=None)
+    server = gearshift.Server(LOCALHOST, handler)
+    with serve(server):
+        assert server.detach_needed() is False
+        with connect(server.server_address) as client:
+            client.sendall(b"park me\n")
+            assert read_line(client).startswith(b"park me ")
+            assert wait_for(server.detach_needed), "a parked idle connection needs detaching"
+    adopted = socket.create_server(LOCALHOST)
+    with gearshift.Server(LOCALHOST, LineHandler) as server:
+        assert server.detach_needed() is False
+        server.add_listener(adopted)  # borrowed: a child must close its copy
+        assert server.detach_needed() is True
+    owned = socket.create_server(LOCALHOST)
+    with gearshift.Server(LOCALHOST, LineHandler) as server:
+        server.add_listener(owned, own=True)  # shut down by server_close(): nothing to detach
+        assert server.detach_needed() is False
 
 
 def test_resume_when_readable_is_refused_by_a_closed_server():

@@ -101,9 +101,14 @@ class Server:
         self._shutdown_requested = False
         self._is_shut_down = threading.Event()
         self._is_shut_down.set()
-        self._closed = False
-        # Connections returned to the loop by handlers (see resume_when_readable).
-        self._resume_marks: dict[socket.socket, tuple[Address, float | None]] = {}
+        #: True once ``server_close()`` has begun: handlers should finish the request in hand and
+        #: close the connection rather than wait for another on it. (A plain attribute, not a
+        #: property: ``fork`` reads it before every fork, and a call would cost a page fault.)
+        self.closing = False
+        # Connections returned to the loop by handlers (see resume_when_readable). Created on
+        # first use, so that under ``fork`` (which never hands connections back) a child's
+        # shutdown_request() need not touch a dict.
+        self._resume_marks: dict[socket.socket, tuple[Address, float | None]] | None = None
         self._resume_lock = threading.Lock()
         self._resume_queue: deque[tuple[socket.socket, Address, float | None]] = deque()
         self.strategy: Strategy = strategy_class(self, **options)
@@ -179,16 +184,10 @@ class Server:
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
         if self._loop is not None and self._loop.pid == os.getpid():
-            self._loop.selector.register(sock, selectors.EVENT_READ, _LISTENER)
+            self._loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
 
     def fileno(self) -> int:
         return self.socket.fileno()
-
-    @property
-    def closing(self) -> bool:
-        """True once ``server_close()`` has begun: handlers should finish the request in hand
-        and close the connection rather than wait for another on it."""
-        return self._closed
 
     # -- running the loop ----------------------------------------------------------------------
 
@@ -239,8 +238,8 @@ class Server:
                 for key, _ in events:
                     if key.data is _WAKER:
                         loop.waker.drain()
-                    elif key.data is _LISTENER:
-                        if self._accept(key.fileobj, 1):  # type: ignore[arg-type]
+                    elif key.data.__class__ is _Listening:
+                        if self._accept(key.data, 1):
                             return
                     else:
                         self._resume(loop, key.data)
@@ -256,30 +255,35 @@ class Server:
     def _run_loop(self, poll_interval: float) -> None:
         loop = self._enter_loop()
         try:
+            # The guards around _take_resumed / next_wait / _expire_idle keep a turn with nothing
+            # idle to a few attribute reads: under ``fork`` every object the parent touches
+            # between two forks costs it a copy-on-write page fault.
             while not self._shutdown_requested:
-                self._take_resumed(loop)
-                events = loop.selector.select(loop.next_wait(poll_interval))
+                if self._resume_queue:
+                    self._take_resumed(loop)
+                events = loop.selector.select(loop.next_wait(poll_interval) if loop._deadlines else poll_interval)
                 # Checked between select() and accept(): nothing is accepted after shutdown().
                 if self._shutdown_requested:
                     break
                 for key, _ in events:
                     data = key.data
-                    if data is _LISTENER:
-                        self._accept(key.fileobj, ACCEPT_BATCH)  # type: ignore[arg-type]
+                    if data.__class__ is _Listening:
+                        self._accept(data, ACCEPT_BATCH)
                     elif data is _WAKER:
                         loop.waker.drain()
                     else:
                         self._resume(loop, data)
                     if self._shutdown_requested:
                         break
-                self._expire_idle(loop)
+                if loop._deadlines:
+                    self._expire_idle(loop)
                 self.service_actions()
         finally:
             self._loop_thread = None
             self._close_loop_if_closed()
 
     def _enter_loop(self) -> _LoopState:
-        if self._closed:
+        if self.closing:
             raise ValueError("cannot serve on a closed server")
         loop = self._loop
         if loop is None or loop.pid != os.getpid():
@@ -288,16 +292,24 @@ class Server:
             loop = _LoopState(os.getpid(), selectors.DefaultSelector(), Waker())
             loop.selector.register(loop.waker, selectors.EVENT_READ, _WAKER)
             for sock in self.listeners:
-                loop.selector.register(sock, selectors.EVENT_READ, _LISTENER)
+                loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
         self._loop_thread = threading.get_ident()
         return loop
 
-    def _accept(self, listener: socket.socket, limit: int) -> int:
+    def _accept(self, listening: _Listening, limit: int) -> int:
+        listener = listening.sock
+        plain = listening.plain
         accepted = 0
         while accepted < limit:
             try:
-                request, client_address = listener.accept()
+                if plain:
+                    # What socket.accept() does, minus its conversion of the listener's family
+                    # and type to enums on every call (a dozen Python calls per connection).
+                    fd, client_address = listener._accept()
+                    request = socket.socket(listening.family, listening.type, listening.proto, fd)
+                else:  # a subclass (an ssl.SSLSocket wraps what it accepts): its own accept()
+                    request, client_address = listener.accept()
             except TRANSIENT_ACCEPT_ERRORS:
                 break
             except OSError as exc:
@@ -341,9 +353,15 @@ class Server:
         handler then keeps the connection itself or closes it.
         """
         loop = self._loop
-        if self._closed or loop is None or loop.pid != os.getpid():
+        if self.closing or loop is None or loop.pid != os.getpid():
             return False
-        self._resume_marks[request] = (client_address, idle_timeout)
+        marks = self._resume_marks
+        if marks is None:
+            with self._resume_lock:
+                if self._resume_marks is None:
+                    self._resume_marks = {}
+                marks = self._resume_marks
+        marks[request] = (client_address, idle_timeout)
         return True
 
     def _hand_back(self, request: socket.socket, client_address: Address, idle_timeout: float | None) -> bool:
@@ -351,7 +369,7 @@ class Server:
         if loop is None or loop.pid != os.getpid():
             return False
         with self._resume_lock:
-            if self._closed:
+            if self.closing:
                 return False
             was_empty = not self._resume_queue
             self._resume_queue.append((request, client_address, idle_timeout))
@@ -393,9 +411,11 @@ class Server:
 
     def shutdown_request(self, request: socket.socket) -> None:
         """Done with ``request``: return it to the loop if its handler asked for that, else close."""
-        mark = self._resume_marks.pop(request, None)
-        if mark is not None and self._hand_back(request, *mark):
-            return
+        marks = self._resume_marks
+        if marks is not None:
+            mark = marks.pop(request, None)
+            if mark is not None and self._hand_back(request, *mark):
+                return
         try:
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
@@ -434,10 +454,10 @@ class Server:
         behind a slow drain. How the drain waits is the strategy's (``block_on_close``); it waits
         at most ``drain_timeout`` seconds when that is set.
         """
-        if self._closed:
+        if self.closing:
             return
         with self._resume_lock:
-            self._closed = True
+            self.closing = True
             resumed = list(self._resume_queue)
             self._resume_queue.clear()
         me = os.getpid()
@@ -476,34 +496,46 @@ class Server:
 
     def _close_loop_if_closed(self) -> None:
         loop = self._loop
-        if not self._closed or loop is None:
+        if not self.closing or loop is None:
             return
         self._loop = None
         if loop.pid == os.getpid():
             loop.selector.close()
             loop.waker.close()
 
+    def detach_needed(self) -> bool:
+        """Whether a child forked now must call ``detach_loop()``: True when this process's loop
+        holds something a child should not keep (an adopted listener, an idle or queued
+        connection).
+
+        Asked in the parent just before ``fork()``, where these objects are in use anyway, so
+        that the usual child (nothing adopted, nothing idle) touches none of them: under
+        ``fork`` every object a child touches costs a copy-on-write page fault, per request.
+        """
+        loop = self._loop
+        return bool(self._adopted_listeners or self._resume_queue or (loop is not None and loop._idle))
+
     def detach_loop(self) -> None:
         """In a forked child that will not run this server's loop: close this process's copies of
-        what could outlive the parent's ``server_close()``, touching nothing
-        the parent owns (no ``shutdown()`` of shared connections, no unlinking of a Unix socket).
+        what could outlive the parent's ``server_close()``, touching nothing the parent owns (no
+        ``shutdown()`` of shared connections, no unlinking of a Unix socket).
 
-        Why so little: this runs once per request under ``fork``, and every object a child
-        touches costs it a copy-on-write page fault. Listeners the server created need nothing
-        here (``server_close()`` shuts them down, which reaches every copy); adopted ones, idle
-        connections and queued ones are closed, so a child that outlives the parent's server
-        (a slow request, a keep-alive connection) keeps no port and no client waiting. The
-        selector and the wake-up socket are close-on-exec and end with the child (unregistering
-        anything would edit the epoll set this process shares with the parent).
+        Listeners the server created need nothing here (``server_close()`` shuts them down,
+        which reaches every copy); adopted ones, idle connections and queued ones are closed, so
+        a child that outlives the parent's server (a slow request, a keep-alive connection)
+        keeps no port and no client waiting. The selector and the wake-up socket are
+        close-on-exec and end with the child (unregistering anything would edit the epoll set
+        this process shares with the parent). A strategy calls this only when
+        ``detach_needed()`` said so before the fork.
         """
-        # The loop stays referenced (writing the attribute would cost a fault): it records the
-        # pid that owns it, so this process never mistakes it for its own.
+        # The loop stays referenced: it records the pid that owns it, so this process never
+        # mistakes it for its own.
         if self._adopted_listeners:
             for sock in self.listeners:
                 if sock.fileno() in self._adopted_listeners:
                     sock.close()
         loop = self._loop
-        if loop is not None and loop._idle:  # not a method call: one cold function less
+        if loop is not None:
             for idle in loop.idle_connections():
                 idle.request.close()
         while self._resume_queue:
@@ -527,8 +559,21 @@ def _check_drain_timeout(value: float | None) -> float | None:
     return float(value)
 
 
-_LISTENER = "listener"
 _WAKER = "waker"
+
+
+class _Listening:
+    """Selector data of a listening socket: the socket, and what accepting from it needs."""
+
+    __slots__ = ("sock", "plain", "family", "type", "proto")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        # A plain socket.socket can be accepted from with the C-level _accept() (see _accept).
+        self.plain = type(sock) is socket.socket and hasattr(sock, "_accept")
+        self.family = int(sock.family)
+        self.type = int(sock.type)
+        self.proto = sock.proto
 
 
 class _Idle:

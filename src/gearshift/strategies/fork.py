@@ -68,29 +68,67 @@ class ForkStrategy(Strategy):
         self.active_children: dict[int, int | None] = {}
         # Exited children are found with one poll() over their pidfds per loop turn, instead of
         # one waitpid() per live child (socketserver's way: 40 system calls a turn at capacity).
-        self._exits = select.poll() if hasattr(os, "pidfd_open") else None
+        self._exits = select.poll() if _pidfd_open is not None else None
         self._pid_of_fd: dict[int, int] = {}
 
     # -- the parent ----------------------------------------------------------------------------
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
+        server = self.server
         while len(self.active_children) >= self.max_children and self.collect_children() >= self.max_children:
             self._wait_for_exit(None)
-        if self.server.closing:
+        if server.closing:
             # server_close() ran while we waited for a slot (a signal handler): the drain is
             # over, so this connection is closed unserved, like one still in the backlog.
-            self.server.shutdown_request(request)
+            server.shutdown_request(request)
             return
+        detach = server.detach_needed()
         _flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
         pid = os.fork()
         if pid == 0:
-            self._run_child(request, client_address)  # never returns
+            # The child's whole life is here rather than in a helper (or handle_connection()):
+            # this function has run in the parent for every request, so CPython has already
+            # specialised it, while a function called only in children would be written to
+            # (warm-up counters, reference counts) and copied, page by page, in every child.
+            # For the same reason the child touches as few objects as it can.
+            status = 1
+            old_int = old_term = None
+            try:
+                if detach:
+                    server.detach_loop()
+                try:
+                    # Ctrl+C reaches the whole process group: the parent decides whether
+                    # in-flight requests finish. SIGTERM's default lets the parent stop a
+                    # child that outlives the drain timeout. The replaced handlers are kept
+                    # until os._exit(): dropping the last reference to a Python handler (a
+                    # lambda, a bound method) would deallocate it here, page faults and all.
+                    old_int = _set_signal(_SIGINT, _SIG_IGN)
+                    old_term = _set_signal(_SIGTERM, _SIG_DFL)
+                except ValueError:  # not the main thread: signals stay as they were
+                    pass
+                try:  # handle_connection()'s contract, inline (see above)
+                    server.finish_request(request, client_address)
+                    status = 0
+                except Exception:
+                    server.handle_error(request, client_address)
+                finally:
+                    server.shutdown_request(request)
+            except BaseException:  # handle_error or shutdown_request failed, or SystemExit
+                status = 1
+                try:
+                    server.handle_error(request, client_address)
+                except BaseException:
+                    pass
+            finally:
+                _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
+                os._exit(status)
+                del old_int, old_term  # not reached; names the references kept above
         pidfd = _pidfd(pid)
         self.active_children[pid] = pidfd
         if pidfd is not None and self._exits is not None:
             self._exits.register(pidfd, select.POLLIN)
             self._pid_of_fd[pidfd] = pid
-        self.server.close_request(request)
+        server.close_request(request)
 
     def service_actions(self) -> None:
         self.collect_children()
@@ -184,42 +222,15 @@ class ForkStrategy(Strategy):
             except ProcessLookupError:
                 pass
 
-    # -- the child -----------------------------------------------------------------------------
 
-    def _run_child(self, request: socket.socket, client_address: Address) -> None:
-        # Every object a child touches costs a copy-on-write page fault, and this runs once per
-        # request: do only what matters. The siblings' pidfds are left alone (close-on-exec,
-        # closed at exit, and this child never reaps).
-        status = 1
-        old_int = old_term = None
-        try:
-            self.server.detach_loop()
-            try:
-                # The replaced handlers are kept until os._exit(): dropping the last reference
-                # to a Python handler (a lambda, a bound method) would deallocate it here, and
-                # that alone costs about five page faults per request.
-                old_int = _set_signal(_SIGINT, _SIG_IGN)
-                old_term = _set_signal(_SIGTERM, _SIG_DFL)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
-            if self.handle_connection(request, client_address):
-                status = 0
-        except BaseException:
-            try:
-                self.server.handle_error(request, client_address)
-            except BaseException:
-                pass
-        finally:
-            _flush_stdio()
-            os._exit(status)
-            del old_int, old_term  # not reached; names the references kept above
+_pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+, Python 3.9+
 
 
 def _pidfd(pid: int) -> int | None:
-    if not hasattr(os, "pidfd_open"):
+    if _pidfd_open is None:
         return None
     try:
-        return os.pidfd_open(pid)
+        return _pidfd_open(pid)
     except OSError:  # old kernel, or seccomp: fall back to polling
         return None
 
