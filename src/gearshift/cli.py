@@ -713,7 +713,7 @@ def banner_options(server: Any) -> str:
     values = {
         name: getattr(strategy, name, default)
         for name, default in type(strategy).option_defaults().items()
-        if name != "block_on_close"
+        if name not in ("block_on_close", "freeze_gc")  # defaults nobody needs to see at start
     }
     return f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
 

@@ -69,7 +69,7 @@ def test_builtin_strategies_are_available():
     assert strategies["thread"].multithread and not strategies["thread"].multiprocess
     assert strategies["fork"].multiprocess and not strategies["fork"].multithread
     assert strategies["thread"].option_defaults() == {"daemon_threads": False, "block_on_close": True}
-    assert strategies["fork"].option_defaults() == {"max_children": 40, "block_on_close": True}
+    assert strategies["fork"].option_defaults() == {"max_children": 40, "block_on_close": True, "freeze_gc": True}
     assert strategies["sync"].option_defaults() == {}
 
 

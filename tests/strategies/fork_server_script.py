@@ -15,6 +15,7 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``print TEXT``        print ``CHILD TEXT`` on stdout (not flushed), then reply ``TEXT PID``
 ``resume``            reply ``resume=RESULT PID``, RESULT being what resume_when_readable() returned
 ``boom``              raise an exception (the child's handle_error logs it on stderr)
+``gc``                reply ``frozen=N PID``, N being gc.get_freeze_count() in the child
 
 ``PID`` is the process that ran the handler. Options:
 
@@ -23,12 +24,16 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``--poll-interval S``  serve_forever(poll_interval=S) (default 0.1)
 ``--unflushed TEXT``   after printing the port, write TEXT to stdout without flushing
 ``--atexit``           register an atexit handler printing ``ATEXIT PID``
+``--no-freeze-gc``     the fork strategy's freeze_gc=False
+
+The last line on stdout, after serve_forever() returns, is ``EXIT PID frozen=N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import logging
 import os
 import signal
@@ -70,6 +75,8 @@ class Handler(socketserver.StreamRequestHandler):
         elif command == "resume":
             result = self.server.resume_when_readable(self.request, self.client_address, 1.0)
             self.reply(f"resume={result}")
+        elif command == "gc":
+            self.reply(f"frozen={gc.get_freeze_count()}")
         elif command == "boom":
             raise RuntimeError("handler exploded in the child")
         else:  # "echo" and anything else
@@ -83,6 +90,7 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=0.1)
     parser.add_argument("--unflushed", default=None)
     parser.add_argument("--atexit", action="store_true")
+    parser.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false")
     parser.add_argument("--listener", choices=("own", "adopted", "both"), default="own",
                         help="own: the server binds its port; adopted: it is given a bound socket "
                              "(listener=); both: it binds one and is given a second, printed too")
@@ -98,7 +106,7 @@ def main() -> None:
     server = gearshift.Server(
         ("127.0.0.1", 0), Handler, strategy="fork",
         listener=adopted if args.listener == "adopted" else None,
-        max_children=args.max_children, drain_timeout=args.drain_timeout,
+        max_children=args.max_children, drain_timeout=args.drain_timeout, freeze_gc=args.freeze_gc,
     )
     if args.listener == "both":
         server.add_listener(adopted)
@@ -119,7 +127,7 @@ def main() -> None:
         server.serve_forever(poll_interval=args.poll_interval)
     finally:
         server.server_close()
-    print(f"EXIT {os.getpid()}", flush=True)
+    print(f"EXIT {os.getpid()} frozen={gc.get_freeze_count()}", flush=True)
 
 
 if __name__ == "__main__":

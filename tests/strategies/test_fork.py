@@ -206,7 +206,20 @@ def test_sigterm_shuts_down_and_exits_cleanly(fork_server):
     returncode = server.terminate()
     assert "Traceback" not in server.stderr(), server.stderr()
     assert returncode == 0
-    assert f"EXIT {server.pid}\n" in server.stdout()
+    assert f"EXIT {server.pid} frozen=0\n" in server.stdout()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_parent_objects_are_frozen_out_of_the_gc_while_serving(fork_server, freeze):
+    # freeze_gc (the default): a child's garbage collection never walks, and so copies, what
+    # the parent had when serving began; the freeze is undone when serving ends.
+    server = fork_server() if freeze else fork_server("--no-freeze-gc")
+    reply, pid = ask(server.address, "gc").split()
+    frozen = int(reply.removeprefix("frozen="))
+    assert (frozen > 1000) if freeze else (frozen == 0), reply
+    assert int(pid) != server.pid
+    assert server.terminate() == 0
+    assert f"EXIT {server.pid} frozen=0\n" in server.stdout()
 
 
 def test_resume_when_readable_returns_false_in_a_child(fork_server):

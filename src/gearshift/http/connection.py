@@ -95,7 +95,10 @@ class Connection:
         self.served = 0
         self.deferred_error: HTTPError | None = None
         self._timeout: float | None = -1.0  # unknown: force the first settimeout()
-        if sock.family != getattr(socket, "AF_UNIX", None):
+        # TCP (IPv4 or IPv6) has a tuple for an address, a Unix socket a str. Not sock.family:
+        # that property converts to an enum on every call, a dozen Python calls that a forked
+        # child would run cold (about 35 page faults per request under ``fork``).
+        if type(client_address) is tuple:
             try:
                 # Responses are written in as few sends as possible; without this, the second
                 # small write of a streamed response waits for the client's delayed ACK.
