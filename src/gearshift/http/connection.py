@@ -97,7 +97,7 @@ class Connection:
         self._timeout: float | None = -1.0  # unknown: force the first settimeout()
         # TCP (IPv4 or IPv6) has a tuple for an address, a Unix socket a str. Not sock.family:
         # that property converts to an enum on every call, a dozen Python calls that a forked
-        # child would run cold (about 35 page faults per request under ``fork``).
+        # child runs cold (the accept loop no longer makes them, so nothing warms them).
         if type(client_address) is tuple:
             try:
                 # Responses are written in as few sends as possible; without this, the second
