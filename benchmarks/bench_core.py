@@ -36,7 +36,9 @@ Throughput — how to read the table
     wrk "timeout" socket errors. ``errors`` sums, over the measured runs only, wrk's "Socket
     errors" (connect/read/write/timeout) and "Non-2xx or 3xx responses"; "0" means none on either
     side. The per-round table shows the spread (if it is wider than the gap between two medians,
-    the gap is noise) and each server's RSS after warm-up, which is what every fork() copies.
+    the gap is noise), each server's RSS after warm-up, which is what every fork() copies, and
+    the median minor page faults per request of the server and its reaped children (from
+    /proc), the steadier measure of a fork server's cost on a noisy machine.
     The raw per-round numbers, wrk output, latencies and load averages are in the JSON file.
 
 Shutdown latency — method
@@ -195,6 +197,18 @@ def read_rss_kb(pid: int) -> int | None:
     return None
 
 
+def read_faults(pid: int) -> int | None:
+    """Minor page faults of the server process and of its children it has reaped (Linux).
+
+    Under ``fork`` most of a request's cost is copy-on-write page faults, and their count,
+    unlike req/s, barely depends on what else the machine is doing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[7]) + int(fields[8])  # minflt, cminflt
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL every process left in ``proc``'s process group (it is the group leader)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -299,7 +313,10 @@ def measure_one(label: str, kind: str, strategy: str, backlog: int | None, args)
             run_wrk(port, args.warmup, args.connections, args.threads)
         rss_kb = read_rss_kb(server.proc.pid)
         load_before = os.getloadavg()
+        faults_before = read_faults(server.proc.pid)
         result, raw = run_wrk(port, args.duration, args.connections, args.threads)
+        time.sleep(0.3)  # let the last children exit and be reaped into cminflt
+        faults_after = read_faults(server.proc.pid)
     finally:
         server.stop()
         stderr = server.stderr_text()
@@ -307,6 +324,10 @@ def measure_one(label: str, kind: str, strategy: str, backlog: int | None, args)
     record = {
         "label": label, "kind": kind, "strategy": strategy, "server": server.info,
         "loadavg_before": [round(x, 2) for x in load_before], "server_rss_kb": rss_kb,
+        "page_faults_per_request": (
+            None if faults_before is None or faults_after is None or not result.requests
+            else (faults_after - faults_before) / result.requests
+        ),
         **asdict(result),
         "stop": server.stop_info,
     }
@@ -371,6 +392,7 @@ def summarize_throughput(runs) -> dict:
                 "median_p99_ms": _median_opt([r["latency_p99_ms"] for r in records]),
                 "max_latency_ms": max((r["latency_max_ms"] or 0.0) for r in records),
                 "server_rss_kb": _median_opt([r.get("server_rss_kb") for r in records]),
+                "median_faults_per_request": _median_opt([r.get("page_faults_per_request") for r in records]),
             }
         gs = entry["gearshift"]["median_rps"]
         for label in ("stdlib", "stdlib-q1024"):
@@ -403,14 +425,17 @@ def throughput_tables(summary: dict) -> str:
             )
         out.append("")
     out.append("Per-round req/s (order rotated each round), median p99 latency, worst latency, "
-               "server RSS after warm-up (the parent's, which fork() copies):\n")
-    out.append("| strategy | server | rounds req/s | p99 (median) | max latency | RSS |")
-    out.append("|---|---|---|---:|---:|---:|")
+               "server RSS after warm-up (the parent's, which fork() copies), median minor page "
+               "faults per request (the server and its children, from /proc; steadier than req/s):\n")
+    out.append("| strategy | server | rounds req/s | p99 (median) | max latency | RSS | faults/request |")
+    out.append("|---|---|---|---:|---:|---:|---:|")
     for strategy, entry in summary.items():
         for label, stats in entry.items():
             rounds = ", ".join(f"{x:.0f}" for x in stats["rounds_rps"])
+            faults = stats.get("median_faults_per_request")
             out.append(f"| {strategy} | {label} | {rounds} | {fmt_ms(stats['median_p99_ms'])} | "
-                       f"{fmt_ms(stats['max_latency_ms'])} | {fmt_kb(stats['server_rss_kb'])} |")
+                       f"{fmt_ms(stats['max_latency_ms'])} | {fmt_kb(stats['server_rss_kb'])} | "
+                       f"{'-' if faults is None else f'{faults:.0f}'} |")
     out.append("")
     return "\n".join(out)
 
