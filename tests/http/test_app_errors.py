@@ -1,0 +1,132 @@
+"""What the client sees and what is logged when an application fails, on every strategy.
+
+An application that raises anything but ``KeyboardInterrupt`` (``SystemExit``, ``GeneratorExit``,
+a custom ``BaseException``), from the call, from its response iterable or from its ``close()``,
+gets a 500 if the response has not started (the connection is closed if it has), a traceback on
+logger ``gearshift``, and the server goes on serving. Every answered request gets an access line.
+
+The servers run in subprocesses (``app_server.py``); under ``fork`` a child logs to the same
+stderr as its parent, so ``server.log()`` shows the children's records too.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from client import STRATEGIES, Client, ServerProcess, raw_exchange, server_process, status_of, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+KINDS = ["exit", "base", "generator-exit"]
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def server(request):
+    with server_process(request.param, {"keep_alive_timeout": 5}, app="apps:error_app") as proc:
+        yield proc
+
+
+def assert_still_serving(port: int) -> None:
+    with Client(port) as c:
+        assert c.request("GET", "/ok").body == b"ok"
+
+
+def access_lines(log: str, target: str) -> list[str]:
+    """The access lines of ``target`` in the server's log (format of ``app_server.py``)."""
+    return re.findall(rf'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "GET {re.escape(target)} '
+                      rf'HTTP/1\.1" .*$', log, re.MULTILINE)
+
+
+def error_records(log: str, target: str) -> list[str]:
+    """Tracebacks logged at ERROR on logger ``gearshift`` naming ``target``."""
+    return re.findall(rf"^\d+ ERROR gearshift: .*{re.escape(target)}\nTraceback", log, re.MULTILINE)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("where", ["call", "iter", "next"])
+def test_base_exceptions_before_the_response_get_a_500(server, kind, where):
+    target = f"/raise/{kind}/{where}"
+    with Client(server.port) as c:
+        r = c.request("GET", target)
+        assert r.status == 500 and r.body == b"Internal Server Error\n"
+        assert r.headers["Connection"] == "close" and c.at_eof()
+    assert_still_serving(server.port)
+    assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
+    log = server.log()
+    assert len(error_records(log, target)) == 1, log
+    [line] = access_lines(log, target)
+    assert line.endswith('" 500 22')  # the body's length, as for any response
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_base_exception_after_the_response_started_closes_the_connection(server, kind):
+    target = f"/raise/{kind}/next-after"
+    raw = raw_exchange(server.port, f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    # The head and the first chunk went out; the body cannot be completed: no last chunk.
+    assert status_of(raw) == 200 and raw.endswith(b"7\r\npartial\r\n"), raw
+    assert_still_serving(server.port)
+    assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
+    log = server.log()
+    assert len(error_records(log, target)) == 1, log
+    [line] = access_lines(log, target)
+    assert line.endswith('" 200 7')
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_base_exception_from_close_is_logged_and_the_server_keeps_serving(server, kind):
+    target = f"/raise/{kind}/close"
+    with Client(server.port) as c:
+        r = c.request("GET", target)
+        assert r.status == 200 and r.body == b"partial"  # the response was complete
+    assert_still_serving(server.port)
+    assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
+    log = server.log()
+    assert len(re.findall(rf"^\d+ ERROR gearshift: error closing .*{re.escape(target)}\nTraceback",
+                          log, re.MULTILINE)) == 1, log
+
+
+def test_access_line_for_a_500_after_an_ordinary_exception(server):
+    target = "/raise/error/call"
+    with Client(server.port) as c:
+        assert c.request("GET", target).status == 500
+    assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
+    [line] = access_lines(server.log(), target)
+    assert line.endswith('" 500 22')
+
+
+def test_access_line_for_a_malformed_request(server):
+    raw = raw_exchange(server.port, b"GET /bad\x01target HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert status_of(raw) == 400
+    raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    assert status_of(raw) == 400
+    pattern = re.compile(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "-" 400 \d+$', re.MULTILINE)
+    assert wait_until(lambda: len(pattern.findall(server.log())) >= 2, timeout=10), server.log()
+
+
+def test_date_and_server_set_by_the_app_are_not_doubled(server):
+    with Client(server.port) as c:
+        r = c.request("GET", "/own-headers")
+        assert r.status == 200 and r.body == b"ok"
+        assert r.headers.get_all("Date") == ["Thu, 01 Jan 2015 00:00:00 GMT"]
+        assert r.headers.get_all("Server") == ["my-app/1.0"]
+        r = c.request("GET", "/ok")  # and added when the app does not set them
+        assert len(r.headers.get_all("Date")) == 1 and r.headers.get_all("Server")[0].startswith("gearshift/")
+
+
+def test_keyboard_interrupt_still_stops_a_sync_server():
+    server = ServerProcess("sync", app="apps:error_app")
+    try:
+        with Client(server.port) as c:
+            c.send(b"GET /raise/keyboard/call HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert c.at_eof(timeout=10)
+        try:
+            code = server.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the sync server kept running after the app raised KeyboardInterrupt")
+        assert code != 0
+    finally:
+        log = server.stop()
+    assert "KeyboardInterrupt" in log
