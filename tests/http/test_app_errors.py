@@ -15,8 +15,15 @@ import re
 import subprocess
 
 import pytest
-
-from client import STRATEGIES, Client, ServerProcess, raw_exchange, server_process, status_of, wait_until
+from client import (
+    STRATEGIES,
+    Client,
+    ServerProcess,
+    raw_exchange,
+    server_process,
+    status_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,13 +104,22 @@ def test_access_line_for_a_500_after_an_ordinary_exception(server):
     assert line.endswith('" 500 22')
 
 
-def test_access_line_for_a_malformed_request(server):
-    raw = raw_exchange(server.port, b"GET /bad\x01target HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert status_of(raw) == 400
-    raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
-    assert status_of(raw) == 400
-    pattern = re.compile(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "-" 400 \d+$', re.MULTILINE)
-    assert wait_until(lambda: len(pattern.findall(server.log())) >= 2, timeout=10), server.log()
+def test_access_lines_for_malformed_requests(server):
+    cases = {
+        400: b"GET /bad\x01target HTTP/1.1\r\nHost: t\r\n\r\n",
+        414: b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
+        431: b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+        505: b"GET / HTTP/1.2\r\nHost: t\r\n\r\n",
+    }
+    for status, raw in cases.items():
+        assert status_of(raw_exchange(server.port, raw)) == status
+
+    def logged() -> set[int]:
+        found = re.findall(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "-" (\d+) \d+$',
+                           server.log(), re.MULTILINE)
+        return {int(status) for status in found}
+
+    assert wait_until(lambda: set(cases) <= logged(), timeout=10), server.log()
 
 
 def test_date_and_server_set_by_the_app_are_not_doubled(server):
@@ -130,3 +146,20 @@ def test_keyboard_interrupt_still_stops_a_sync_server():
     finally:
         log = server.stop()
     assert "KeyboardInterrupt" in log
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_access_lines_for_408_and_for_413_from_wsgi_input(strategy):
+    with server_process(strategy, {"header_timeout": 0.5, "max_body_size": 10}) as proc:
+        with Client(proc.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Dribble: ")
+            assert status_of(c.sock.recv(4096)) == 408
+        with Client(proc.port) as c:
+            # The 100 Continue says the app is reading wsgi.input: the body's excess is found there.
+            c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+            assert c.file.readline() == b"HTTP/1.1 100 Continue\r\n" and c.file.readline() == b"\r\n"
+            c.send(b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+            assert c.response("POST").status == 413
+        lines = re.compile(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "(.*)" (\d+) \d+$', re.MULTILINE)
+        assert wait_until(lambda: {("-", "408"), ("POST /echo HTTP/1.1", "413")} <= set(lines.findall(proc.log())),
+                          timeout=10), proc.log()
