@@ -12,6 +12,8 @@ stderr as its parent, so ``server.log()`` shows the children's records too.
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import subprocess
 
 import pytest
@@ -102,6 +104,39 @@ def test_access_line_for_a_500_after_an_ordinary_exception(server):
     assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
     [line] = access_lines(server.log(), target)
     assert line.endswith('" 500 22')
+
+
+def test_a_connection_error_of_the_app_itself_is_an_app_error(server):
+    # ConnectionRefusedError from the app's own backend: a 500 and a traceback, not "client gone".
+    target = "/backend-down"
+    with Client(server.port) as c:
+        assert c.request("GET", target).status == 500
+    assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
+    log = server.log()
+    assert len(error_records(log, target)) == 1 and "ConnectionRefusedError" in log, log
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST, as a client that crashed."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_gone_mid_response_or_mid_body_is_no_app_error(server):
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    reset(sock)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"POST /read-body HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n")
+    assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # the app is reading the body
+    sock.sendall(b"y" * 1000)
+    reset(sock)
+    assert_still_serving(server.port)
+    assert wait_until(lambda: server.log().count("went away during") >= 2, timeout=10), server.log()
+    log = server.log()
+    assert "went away during GET /stream" in log and "went away during POST /read-body" in log, log
+    assert not error_records(log, "/stream") and not error_records(log, "/read-body"), log
 
 
 def test_access_lines_for_malformed_requests(server):

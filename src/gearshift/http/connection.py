@@ -314,20 +314,20 @@ class Exchange:
             reusable = False
             if not self.head_sent:
                 connection.reject(exc, request=request)
-        except _CLIENT_GONE as exc:
-            reusable = False
-            log.info("client %s went away during %s %s: %s", connection.client_address,
-                     request.method, environ["PATH_INFO"], exc)
-        except BaseException:
+        except BaseException as exc:
             # Not only Exception: SystemExit, GeneratorExit from a broken iterator or an app's
             # own BaseException must not stop the server (a sync one runs the app in its loop)
             # nor reach the strategy, which would close the connection without an answer.
             reusable = False
-            log.exception("error in the WSGI application for %s %s", request.method, environ["PATH_INFO"])
-            if not self.head_sent:
-                self._send_server_error()
-            # else the response is on its way and cannot be completed: closing the connection
-            # is how the client learns that it was cut short.
+            if isinstance(exc, _CLIENT_GONE) and _from_client_socket(exc):
+                log.info("client %s went away during %s %s: %s", connection.client_address,
+                         request.method, environ["PATH_INFO"], exc)
+            else:
+                log.exception("error in the WSGI application for %s %s", request.method, environ["PATH_INFO"])
+                if not self.head_sent:
+                    self._send_server_error()
+                # else the response is on its way and cannot be completed: closing the
+                # connection is how the client learns that it was cut short.
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -521,6 +521,23 @@ class Exchange:
                 return False
         request.body.clear()
         return True
+
+
+#: Where an OSError means that the client's socket failed (see _from_client_socket).
+_CLIENT_SOCKET_CODE = frozenset({Connection.send.__code__, Connection.read_body.__code__,
+                                 Exchange._send_file.__code__})
+
+
+def _from_client_socket(exc: BaseException) -> bool:
+    """Whether ``exc`` came from reading or writing the client's socket (the client is gone), not
+    from the application's own I/O: a backend refusing the app's connection raises
+    ConnectionRefusedError too, and that is the app's error, worth a 500 and a traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _CLIENT_SOCKET_CODE:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:
