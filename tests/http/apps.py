@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 from urllib.parse import parse_qs
@@ -106,3 +107,80 @@ def raw_app(environ, start_response):
 
 
 app = validator(raw_app)
+
+
+class AppBaseException(BaseException):
+    """Not an Exception: what a WSGI server must still answer with a 500 and survive."""
+
+
+def _raise(kind: str) -> None:
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "base":
+        raise AppBaseException("custom BaseException from the app")
+    if kind == "generator-exit":
+        raise GeneratorExit("a misbehaving iterator")
+    if kind == "keyboard":
+        raise KeyboardInterrupt
+    if kind == "error":
+        raise RuntimeError("an ordinary application error")
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+class _Body:
+    """A response iterable that raises ``kind`` from ``where``: __iter__, next (before or after
+    a first chunk) or close()."""
+
+    def __init__(self, kind: str, where: str) -> None:
+        self.kind, self.where, self.count = kind, where, 0
+
+    def __iter__(self):
+        if self.where == "iter":
+            _raise(self.kind)
+        return self
+
+    def __next__(self) -> bytes:
+        self.count += 1
+        if self.where == "next" or (self.where == "next-after" and self.count == 2):
+            _raise(self.kind)
+        if self.count > 1:
+            raise StopIteration
+        return b"partial"
+
+    def close(self) -> None:
+        if self.where == "close":
+            _raise(self.kind)
+
+
+def error_app(environ, start_response):
+    """``/raise/KIND/WHERE``: KIND is exit, base, generator-exit, keyboard or error
+    (a RuntimeError); WHERE is call (the
+    app itself raises), iter, next, next-after (after a first chunk was sent) or close.
+    ``/backend-down`` fails to connect to a backend; ``/stream`` streams 100 MB; ``/read-body``
+    echoes the body; ``/own-headers`` sets Date and Server itself (in mixed case); anything else answers 200."""
+    parts = environ["PATH_INFO"].split("/")
+    if parts[1] == "raise":
+        kind, where = parts[2], parts[3]
+        if where == "call":
+            _raise(kind)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _Body(kind, where)
+    if parts[1] == "backend-down":
+        # The app's own I/O failing with a ConnectionError is an app error, not a client gone.
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # nothing listens there
+    if parts[1] == "stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (b"x" * 1000 for _ in range(100000))
+    if parts[1] == "read-body":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if parts[1] == "own-headers":
+        start_response("200 OK", [("Content-Length", "2"), ("date", "Thu, 01 Jan 2015 00:00:00 GMT"),
+                                  ("SERVER", "my-app/1.0")])
+        return [b"ok"]
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]

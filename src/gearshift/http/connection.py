@@ -226,8 +226,9 @@ class Connection:
         while sent < len(view):
             sent += self.sock.send(view[sent:])
 
-    def reject(self, error: HTTPError, blocking: bool = True) -> None:
+    def reject(self, error: HTTPError, blocking: bool = True, *, request: Request | None = None) -> None:
         """Answer a request we will not run with its 4xx/5xx, then let the connection close.
+        ``request`` is the request refused, when its head was parsed (for the access line).
         ``blocking=False`` (in the loop itself) sends only what the socket takes at once."""
         log.debug("rejecting request from %s: %d %s", self.client_address, error.status, error.reason)
         body = (error.reason + "\n").encode("utf-8", "replace")
@@ -246,7 +247,7 @@ class Connection:
             self._discard_pending_input()
         except (OSError, ValueError):
             pass
-        access_log_request(self, None, error.status, len(body))
+        access_log_request(self, request, error.status, len(body))
 
     def _discard_pending_input(self) -> None:
         """Read what the client already sent, so that closing does not reset the connection and
@@ -266,7 +267,7 @@ class Exchange:
     __slots__ = (
         "connection", "request", "status", "headers", "code", "length", "close_requested",
         "head_sent", "chunked", "remaining", "bodyless", "keep_alive", "single", "sent",
-        "continue_sent", "input_failed",
+        "continue_sent", "input_failed", "has_date", "has_server",
     )
 
     def __init__(self, connection: Connection, request: Request) -> None:
@@ -286,6 +287,7 @@ class Exchange:
         self.sent = 0
         self.continue_sent = False
         self.input_failed = False
+        self.has_date = self.has_server = False
 
     def run(self) -> bool:
         """Run the application; True if the connection can serve another request."""
@@ -294,6 +296,7 @@ class Exchange:
         environ = build_environ(server.base_environ, request, connection.client_address,
                                InputStream(request, self._fetch_body))
         result = None
+        reusable = True
         try:
             result = server.app(environ, self.start_response)
             if not (isinstance(result, FileWrapper) and self._send_file(result)):
@@ -305,31 +308,42 @@ class Exchange:
                     if data:
                         self.write(data)
             self._finish()
+        except KeyboardInterrupt:
+            raise  # Ctrl+C: under sync the app runs in the loop, which must still stop
         except HTTPError as exc:  # from wsgi.input: the body was malformed or too large
-            if self.head_sent:
-                return False
-            connection.reject(exc)
-            return False
-        except _CLIENT_GONE as exc:
-            log.info("client %s went away during %s %s: %s", connection.client_address,
-                     request.method, environ["PATH_INFO"], exc)
-            return False
-        except Exception:
-            log.exception("error in the WSGI application for %s %s", request.method, environ["PATH_INFO"])
-            if self.head_sent:
-                return False  # the response is already on its way: closing is all that is left
-            self._send_server_error()
-            return False
+            reusable = False
+            if not self.head_sent:
+                connection.reject(exc, request=request)
+        except BaseException as exc:
+            # Not only Exception: SystemExit, GeneratorExit from a broken iterator or an app's
+            # own BaseException must not stop the server (a sync one runs the app in its loop)
+            # nor reach the strategy, which would close the connection without an answer.
+            reusable = False
+            if isinstance(exc, _CLIENT_GONE) and _from_client_socket(exc):
+                log.info("client %s went away during %s %s: %s", connection.client_address,
+                         request.method, environ["PATH_INFO"], exc)
+            else:
+                log.exception("error in the WSGI application for %s %s", request.method, environ["PATH_INFO"])
+                if not self.head_sent:
+                    self._send_server_error()
+                # else the response is on its way and cannot be completed: closing the
+                # connection is how the client learns that it was cut short.
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 try:
                     close()
-                except Exception:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    # The response may be complete, but the app's state is not to be trusted
+                    # with another request on this connection.
+                    reusable = False
                     log.exception("error closing the response iterable of %s %s",
                                   request.method, environ["PATH_INFO"])
-        access_log_request(connection, request, self.code, self.sent)
-        if not self.keep_alive or self.input_failed:
+        if self.head_sent:  # reject() wrote its own line; a client gone before any answer gets none
+            access_log_request(connection, request, self.code, self.sent)
+        if not reusable or not self.keep_alive or self.input_failed:
             return False
         return self._discard_body()
 
@@ -344,7 +358,7 @@ class Exchange:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        self.code, self.length, self.close_requested = check_response(status, headers)
+        self.code, self.length, self.close_requested, self.has_date, self.has_server = check_response(status, headers)
         self.status, self.headers = status, headers
         return self.write
 
@@ -387,12 +401,25 @@ class Exchange:
             parts.append(b"Connection: close\r\n")
         elif request.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
-        parts.append(connection.server.date_and_server())
+        if self.has_date or self.has_server:
+            parts.append(self._missing_date_and_server())
+        else:
+            parts.append(connection.server.date_and_server())
         parts.append(b"\r\n")
         self.head_sent = True
         if first and not self.bodyless:
             parts.append(self._frame(first))
         connection.send(b"".join(parts))
+
+    def _missing_date_and_server(self) -> bytes:
+        """The ``Date``/``Server`` header lines the application did not set itself."""
+        lines = b""
+        if not self.has_date:
+            lines += b"Date: " + http_date() + b"\r\n"
+        if not self.has_server:
+            software = self.connection.server.base_environ["SERVER_SOFTWARE"]
+            lines += b"Server: " + software.encode("latin-1") + b"\r\n"
+        return lines
 
     def _frame(self, data: bytes) -> bytes:
         if self.chunked:
@@ -458,6 +485,7 @@ class Exchange:
             self.connection.send(head + self.connection.server.date_and_server() + b"\r\n" + body)
         except OSError:
             pass
+        self.head_sent = True
         self.sent = len(body)
 
     # -- the request body ----------------------------------------------------------------------
@@ -493,6 +521,23 @@ class Exchange:
                 return False
         request.body.clear()
         return True
+
+
+#: Where an OSError means that the client's socket failed (see _from_client_socket).
+_CLIENT_SOCKET_CODE = frozenset({Connection.send.__code__, Connection.read_body.__code__,
+                                 Exchange._send_file.__code__})
+
+
+def _from_client_socket(exc: BaseException) -> bool:
+    """Whether ``exc`` came from reading or writing the client's socket (the client is gone), not
+    from the application's own I/O: a backend refusing the app's connection raises
+    ConnectionRefusedError too, and that is the app's error, worth a 500 and a traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in _CLIENT_SOCKET_CODE:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:

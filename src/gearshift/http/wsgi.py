@@ -33,15 +33,24 @@ class ResponseHeadersError(ValueError):
     """The application's status or headers cannot be sent as they are (raised by start_response)."""
 
 
-def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, int | None, bool]:
+# The names check_response() acts on: one dict lookup passes over the usual header, none of these.
+_CONTENT_LENGTH, _CONNECTION, _DATE, _SERVER, _HOP_BY_HOP = range(5)
+_SPECIAL_HEADERS = {
+    "content-length": _CONTENT_LENGTH, "connection": _CONNECTION, "date": _DATE, "server": _SERVER,
+    **dict.fromkeys(HOP_BY_HOP, _HOP_BY_HOP),
+}
+
+
+def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, int | None, bool, bool, bool]:
     """Validate ``start_response`` arguments; return (status code, Content-Length or None,
-    whether the app asked for ``Connection: close``)."""
+    whether the app asked for ``Connection: close``, whether it set its own ``Date``, and its own
+    ``Server``: the server adds those two only when absent)."""
     if type(status) is not str or not _STATUS.match(status):
         raise ResponseHeadersError(f"invalid status line {status!r}: need 'NNN Reason' in ASCII without CR/LF")
     if type(headers) is not list:
         raise ResponseHeadersError(f"response headers must be a list of (name, value) tuples, not {type(headers).__name__}")
     content_length = None
-    close = False
+    close = has_date = has_server = False
     for header in headers:
         if type(header) is not tuple or len(header) != 2:
             raise ResponseHeadersError(f"response header {header!r} is not a (name, value) tuple")
@@ -50,19 +59,25 @@ def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, in
             raise ResponseHeadersError(f"invalid response header name {name!r}")
         if type(value) is not str or not _FIELD_VALUE.match(value):
             raise ResponseHeadersError(f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)")
-        lower = name.lower()
-        if lower == "content-length":
+        kind = _SPECIAL_HEADERS.get(name.lower())
+        if kind is None:
+            continue
+        if kind == _CONTENT_LENGTH:
             if not value.isdigit() or not value.isascii():
                 raise ResponseHeadersError(f"invalid Content-Length {value!r}")
             length = int(value)
             if content_length is not None and content_length != length:
                 raise ResponseHeadersError("conflicting Content-Length headers")
             content_length = length
-        elif lower == "connection":
+        elif kind == _CONNECTION:
             close = close or "close" in value.lower()
-        elif lower in HOP_BY_HOP:
+        elif kind == _DATE:
+            has_date = True
+        elif kind == _SERVER:
+            has_server = True
+        else:
             raise ResponseHeadersError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
-    return int(status[:3]), content_length, close
+    return int(status[:3]), content_length, close, has_date, has_server
 
 
 _environ_keys: dict[bytes, str | None] = {}
