@@ -10,7 +10,11 @@ are the stdlib's own. Stream sockets only: there are no datagram (UDP, Unix data
 from __future__ import annotations
 
 import socket
-from socketserver import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from socketserver import (
+    BaseRequestHandler,
+    DatagramRequestHandler,
+    StreamRequestHandler,
+)
 
 from .core.server import Server
 from .core.strategy import Strategy
@@ -24,18 +28,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
-    "BaseServer",
-    "TCPServer",
-    "ThreadingTCPServer",
     "BaseRequestHandler",
-    "StreamRequestHandler",
+    "BaseServer",
     "DatagramRequestHandler",
-    "ThreadingMixIn",
-    "ForkingTCPServer",
     "ForkingMixIn",
-    "UnixStreamServer",
-    "ThreadingUnixStreamServer",
+    "ForkingTCPServer",
     "ForkingUnixStreamServer",
+    "StreamRequestHandler",
+    "TCPServer",
+    "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUnixStreamServer",
+    "UnixStreamServer",
 ]
 
 #: socketserver's base class; here the server every class of this module derives from.

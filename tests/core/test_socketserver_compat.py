@@ -11,8 +11,14 @@ import subprocess
 import threading
 
 import pytest
-from core_helpers import HANG_GUARD, LineHandler, ask, connect, serve
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
+from core_helpers import (
+    HANG_GUARD,
+    LineHandler,
+    ask,
+    connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
+    serve,
+)
 
 import gearshift
 import gearshift.socketserver
@@ -224,17 +230,15 @@ def test_sync_exception_is_handled_then_the_request_shut_down():
 
 @pytest.mark.parametrize("exception", [SystemExit, KeyboardInterrupt])
 def test_sync_base_exception_shuts_down_the_request_once_and_propagates(exception):
-    with Recording(exception) as server, connect(server.server_address):
-        with pytest.raises(exception):
-            server.handle_request()
+    with Recording(exception) as server, connect(server.server_address), pytest.raises(exception):
+        server.handle_request()
     assert server.events == ["handle", "shutdown_request"]
 
 
 def test_sync_base_exception_stops_serve_forever_after_one_shutdown_request():
     server = Recording(SystemExit)
-    with pytest.raises(SystemExit):
-        with serve(server), connect(server.server_address):
-            assert server.done.wait(HANG_GUARD)
+    with pytest.raises(SystemExit), serve(server), connect(server.server_address):
+        assert server.done.wait(HANG_GUARD)
     assert server.events == ["handle", "shutdown_request"]
 
 

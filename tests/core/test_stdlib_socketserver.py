@@ -95,7 +95,7 @@ ErrorHandlerTest = _skipping(stdlib.ErrorHandlerTest, FIXED_ON_BRANCH_FORKSTOP)
 SocketWriterTest = stdlib.SocketWriterTest
 MiscTestCase = _skipping(stdlib.MiscTestCase, {
     "test_all": "checks the stdlib module's __all__ against the objects it defines itself; "
-                "gearshift.socketserver's __all__ is checked in test_server.py",
+                "gearshift.socketserver's __all__ is checked in test_socketserver_compat.py",
 })
 
 
