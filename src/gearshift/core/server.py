@@ -5,6 +5,7 @@ meanings, so stdlib request handlers and habits carry over::
 
     serve_forever()                 handle_request()
       -> (listener readable)          -> one connection or timeout -> handle_timeout()
+         get_request()                (socket.accept() on the listener that is ready)
          verify_request()
          process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
                                         finish_request()  -> RequestHandlerClass(request, addr, server)
