@@ -119,8 +119,8 @@ def _listener(family, address):
 
 @pytest.mark.parametrize("case", ["inet", "inet6", "unix", "default-timeout"])
 def test_accepted_connection_is_what_socket_accept_returns(case, tmp_path):
-    # The loop accepts with the C-level _accept() (skipping socket.accept()'s enum conversions):
-    # the handler must still get exactly what socket.accept() would have given it.
+    # The loop accepts through get_request(): the handler gets exactly what socket.accept()
+    # would have given it.
     if case == "inet6" and not socket.has_ipv6:
         pytest.skip("no IPv6")
     family, address = {

@@ -1,8 +1,8 @@
 """Listening sockets: TCP over IPv4 and IPv6, and Unix stream sockets.
 
-The address decides the family the way a user expects, with no ``address_family`` class
-attribute to override: a ``str`` or ``os.PathLike`` is a Unix socket path; a ``(host, port)``
-whose host is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else is IPv4.
+Unless a server's ``address_family`` says otherwise, the address decides the family the way a
+user expects: a ``str`` or ``os.PathLike`` is a Unix socket path; a ``(host, port)`` whose host
+is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else is IPv4.
 """
 
 from __future__ import annotations
@@ -44,21 +44,29 @@ def family_for(address: Any) -> socket.AddressFamily:
         except (OSError, TypeError):
             pass
     try:
-        infos = socket.getaddrinfo(host, address[1], 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        # No port: it says nothing about the family, and a bad one is bind()'s to refuse, with
+        # the stdlib's error (OverflowError for -1), not getaddrinfo()'s "servname not supported".
+        infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        # Still a gaierror (what socket.bind() raises for the same host), naming the host.
+        raise socket.gaierror(exc.errno, f"cannot resolve host {host!r}: {exc.strerror}") from exc
     families = {info[0] for info in infos}
     return socket.AF_INET if socket.AF_INET in families else socket.AF_INET6
 
 
 def create_listener(address: Any, *, reuse_address: bool = True, reuse_port: bool = False,
-                    backlog: int = DEFAULT_BACKLOG, bind_and_activate: bool = True) -> socket.socket:
+                    backlog: int = DEFAULT_BACKLOG, bind_and_activate: bool = True,
+                    family: int | None = None, socket_type: int = socket.SOCK_STREAM) -> socket.socket:
     """A non-blocking listening socket bound to ``address``.
 
+    ``family`` defaults to the address's (:func:`family_for`); ``socket_type`` must be ``SOCK_STREAM``.
     With ``bind_and_activate=False`` the socket is created but not bound, as in socketserver.
     """
-    family = family_for(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    if socket_type != socket.SOCK_STREAM:
+        raise ValueError(f"gearshift serves stream sockets only (SOCK_STREAM), not socket type {socket_type!r}")
+    if family is None:
+        family = family_for(address)
+    sock = socket.socket(family, socket_type)
     try:
         if family != socket.AF_UNIX:
             if reuse_address:

@@ -5,6 +5,7 @@ meanings, so stdlib request handlers and habits carry over::
 
     serve_forever()                 handle_request()
       -> (listener readable)          -> one connection or timeout -> handle_timeout()
+         get_request()                (socket.accept() on the listener that is ready)
          verify_request()
          process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
                                         finish_request()  -> RequestHandlerClass(request, addr, server)
@@ -67,11 +68,19 @@ class Server:
     ``--fd``). ``drain_timeout`` bounds how long ``server_close()`` waits for in-flight requests.
     """
 
-    #: Seconds ``handle_request()`` waits before calling ``handle_timeout()``; None waits forever.
-    timeout: float | None = None
+    # socketserver's class attributes, read when the server creates its listener: override them
+    # in a subclass exactly as with socketserver.TCPServer.
+
+    #: The listener's family; None (the default) follows the address: a Unix path, an IPv6
+    #: literal, else IPv4. An instance reads the family of its listener.
+    address_family: int | None = None
+    #: Only ``SOCK_STREAM``: anything else raises ``ValueError``.
+    socket_type: int = socket.SOCK_STREAM
     allow_reuse_address: bool = True
     allow_reuse_port: bool = False
     request_queue_size: int = DEFAULT_BACKLOG
+    #: Seconds ``handle_request()`` waits before calling ``handle_timeout()``; None waits forever.
+    timeout: float | None = None
 
     def __init__(
         self,
@@ -111,6 +120,8 @@ class Server:
         self._resume_marks: dict[socket.socket, tuple[Address, float | None]] | None = None
         self._resume_lock = threading.Lock()
         self._resume_queue: deque[tuple[socket.socket, Address, float | None]] = deque()
+        # The listener get_request() accepts from: the one the loop found readable.
+        self._ready_listener: socket.socket | None = None
         self.strategy: Strategy = strategy_class(self, **options)
         if listener is not None:
             self.add_listener(listener)
@@ -121,8 +132,11 @@ class Server:
                 reuse_port=self.allow_reuse_port,
                 backlog=self.request_queue_size,
                 bind_and_activate=False,
+                family=self.address_family,
+                socket_type=self.socket_type,
             )
             self.listeners.append(sock)
+            self.address_family = sock.family
             self._own_listeners[sock.fileno()] = os.getpid()
             if bind_and_activate:
                 try:
@@ -138,14 +152,6 @@ class Server:
     def socket(self) -> socket.socket:
         """The first listening socket (socketserver's attribute)."""
         return self.listeners[0]
-
-    @property
-    def address_family(self) -> socket.AddressFamily:
-        return self.socket.family
-
-    @property
-    def socket_type(self) -> socket.SocketKind:
-        return self.socket.type
 
     def server_bind(self) -> None:
         """Bind the first listener to ``server_address`` and record the real address."""
@@ -183,6 +189,7 @@ class Server:
         self.listeners.append(sock)
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
+            self.address_family = sock.family
         if self._loop is not None and self._loop.pid == os.getpid():
             self._loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
 
@@ -298,18 +305,11 @@ class Server:
         return loop
 
     def _accept(self, listening: _Listening, limit: int) -> int:
-        listener = listening.sock
-        plain = listening.plain
+        self._ready_listener = listening.sock
         accepted = 0
         while accepted < limit:
             try:
-                if plain:
-                    # What socket.accept() does, minus its conversion of the listener's family
-                    # and type to enums on every call (a dozen Python calls per connection).
-                    fd, client_address = listener._accept()
-                    request = socket.socket(listening.family, listening.type, listening.proto, fd)
-                else:  # a subclass (an ssl.SSLSocket wraps what it accepts): its own accept()
-                    request, client_address = listener.accept()
+                request, client_address = self.get_request()
             except TRANSIENT_ACCEPT_ERRORS:
                 break
             except OSError as exc:
@@ -328,7 +328,21 @@ class Server:
                 break
         return accepted
 
+    def get_request(self) -> tuple[socket.socket, Address]:
+        """Accept one connection and return ``(request, client_address)``: socketserver's hook,
+        which the loop always accepts through (override it to wrap accepted sockets, in TLS say).
+
+        It accepts from the listener the loop found readable: ``self.socket`` when there is only
+        one. With several (``add_listener``), an override should call ``super().get_request()``;
+        ``self.socket.accept()`` would only ever reach the first listener.
+        """
+        listener = self._ready_listener
+        return (self.socket if listener is None else listener).accept()
+
     def _process(self, request: socket.socket, client_address: Address) -> None:
+        # socketserver's _handle_request_noblock(): process_request() may raise (sync runs the
+        # handler right here): an Exception is reported and the connection closed; anything
+        # else (SystemExit, KeyboardInterrupt) closes it and stops the loop.
         try:
             self.process_request(request, client_address)
         except Exception:
@@ -563,17 +577,12 @@ _WAKER = "waker"
 
 
 class _Listening:
-    """Selector data of a listening socket: the socket, and what accepting from it needs."""
+    """Selector data of a listening socket (a class of its own, to tell it from an idle one)."""
 
-    __slots__ = ("sock", "plain", "family", "type", "proto")
+    __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        # A plain socket.socket can be accepted from with the C-level _accept() (see _accept).
-        self.plain = type(sock) is socket.socket and hasattr(sock, "_accept")
-        self.family = int(sock.family)
-        self.type = int(sock.type)
-        self.proto = sock.proto
 
 
 class _Idle:

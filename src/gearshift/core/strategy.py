@@ -19,7 +19,10 @@ server uses it:
     handler returned to the loop with :meth:`Server.resume_when_readable` and that has bytes to
     read again. It must eventually call ``server.finish_request``, ``server.handle_error`` if that
     raises, and always ``server.shutdown_request`` (which closes the connection or hands it back to
-    the loop). It may block the loop (``sync`` does; ``fork`` does at ``max_children``).
+    the loop). It may block the loop (``sync`` does; ``fork`` does at ``max_children``). One that
+    runs the handler in the loop's own thread may instead let its exception propagate, as
+    ``socketserver.BaseServer`` does (``sync``): the loop then calls ``handle_error`` (for an
+    ``Exception``) and ``shutdown_request``, and re-raises anything else.
 
 ``service_actions()``
     Called once per loop turn, at least every ``poll_interval`` seconds: reap finished workers.

@@ -13,7 +13,13 @@ class SyncStrategy(Strategy):
     name = "sync"
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
-        self.handle_connection(request, client_address)
+        # socketserver.BaseServer.process_request(), exactly: a handler's exception propagates to
+        # the loop, which calls handle_error() then shutdown_request() for an Exception, and only
+        # shutdown_request() for SystemExit or KeyboardInterrupt, once, before re-raising it.
+        # (handle_connection()'s ``finally`` would close the connection a second time.)
+        server = self.server
+        server.finish_request(request, client_address)
+        server.shutdown_request(request)
 
 
 # The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
