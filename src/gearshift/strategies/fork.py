@@ -117,7 +117,7 @@ class ForkStrategy(Strategy):
         if server.closing:  # server_close() began while we forked: it missed this child
             _kill(pid, signal.SIGTERM)
 
-    def _child(self, request: socket.socket, client_address: Address, mask: set[signal.Signals]) -> NoReturn:
+    def _child(self, request: socket.socket, client_address: Address, mask: set[int | signal.Signals]) -> NoReturn:
         """The child's whole life: serve the one connection, then ``os._exit()`` with 0 if the
         handler returned, 1 otherwise.
 
