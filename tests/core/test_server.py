@@ -16,7 +16,6 @@ import time
 import pytest
 from core_helpers import (
     HANG_GUARD,
-    wait_for,
     ForkServerProcess,
     LineHandler,
     ask,

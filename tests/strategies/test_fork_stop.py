@@ -13,12 +13,11 @@ import http.client
 import os
 import re
 import signal
-import socket
 from pathlib import Path
 
 import pytest
 from cli_helpers import GearshiftProcess, clean_env, connection_refused, is_alive, write_module
-from core_helpers import FORK_AND_PROC, HANG_GUARD, ForkServerProcess, closed_by_peer, connect, read_line, wait_for
+from core_helpers import FORK_AND_PROC, ForkServerProcess, closed_by_peer, connect, read_line, wait_for
 
 pytestmark = [
     pytest.mark.timeout(60),

@@ -598,6 +598,9 @@ class Server:
         return f"<{type(self).__name__} {self.server_address!r} strategy={self.strategy.name!r}>"
 
 
+_POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds
+
+
 def _readable_now(sock: socket.socket) -> bool:
     try:
         return _wait_readable(sock.fileno(), None, 0)
@@ -613,7 +616,7 @@ def _wait_readable(fd: int, waker_fd: int | None, timeout: float | None) -> bool
         poller.register(fd, select.POLLIN)
         if waker_fd is not None:
             poller.register(waker_fd, select.POLLIN)
-        events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        events = poller.poll(None if timeout is None else min(max(0, math.ceil(timeout * 1000)), _POLL_MAX_MS))
         # POLLHUP/POLLERR count too: the read that follows reports what happened.
         return any(ready == fd for ready, _ in events)
     watched = [fd] if waker_fd is None else [fd, waker_fd]  # pragma: no cover - Windows
