@@ -16,7 +16,6 @@ import time
 import pytest
 from core_helpers import (
     HANG_GUARD,
-    wait_for,
     ForkServerProcess,
     LineHandler,
     ask,
@@ -557,26 +556,36 @@ def test_idle_connection_without_timeout_stays_open_and_is_closed_by_server_clos
         assert client.recv(100) == b""
 
 
-def test_detach_needed_says_when_a_forked_child_must_detach():
-    # Asked by fork strategies before each fork: only a loop that holds something a child must
-    # not keep (an adopted listener, an idle connection) needs detach_loop() in the child.
-    handler = resuming(idle_timeout=None)
-    server = gearshift.Server(LOCALHOST, handler)
-    with serve(server):
-        assert server.detach_needed() is False
-        with connect(server.server_address) as client:
-            client.sendall(b"park me\n")
-            assert read_line(client).startswith(b"park me ")
-            assert wait_for(server.detach_needed), "a parked idle connection needs detaching"
-    adopted = socket.create_server(LOCALHOST)
-    with gearshift.Server(LOCALHOST, LineHandler) as server:
-        assert server.detach_needed() is False
-        server.add_listener(adopted)  # borrowed: a child must close its copy
-        assert server.detach_needed() is True
-    owned = socket.create_server(LOCALHOST)
-    with gearshift.Server(LOCALHOST, LineHandler) as server:
-        server.add_listener(owned, own=True)  # shut down by server_close(): nothing to detach
-        assert server.detach_needed() is False
+def test_wait_readable_ends_on_bytes_timeout_or_closing():
+    # What a handler that keeps an idle connection itself (a forked child's) waits with.
+    server = gearshift.Server(LOCALHOST, LineHandler)
+    a, b = socket.socketpair()
+    with a, b:
+        try:
+            assert server.wait_readable(a, 0.01) is False  # timed out
+            b.sendall(b"x")
+            assert server.wait_readable(a, HANG_GUARD) is True
+            assert a.recv(1) == b"x"
+            woken = threading.Event()
+            results = []
+
+            def waiter():
+                woken.set()
+                results.append(server.wait_readable(a, None))
+
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            assert woken.wait(HANG_GUARD)
+            server.begin_closing()  # as a worker's signal handler would: no wait survives it
+            thread.join(HANG_GUARD)
+            assert results == [False]
+            assert server.closing is True
+            assert server.wait_readable(a, None) is False  # closing: no waiting at all
+            b.sendall(b"y")  # bytes already there are a request in hand
+            assert server.wait_readable(a, None) is True
+        finally:
+            server.server_close()
+    assert server.socket.fileno() == -1  # begin_closing() did not make server_close() a no-op
 
 
 def test_resume_when_readable_is_refused_by_a_closed_server():

@@ -92,14 +92,8 @@ _DATAGRAM_TESTS = [
     if name.startswith("test_") and ("UDP" in name or "Datagram" in name)
 ]
 
-# Fixed on branch forkstop: a forked child calls handle_error() for SystemExit, which the stdlib
-# (and that branch) does not. Remove this list when that branch is merged.
-FIXED_ON_BRANCH_FORKSTOP = {
-    "test_forking_not_handled": "fixed on branch forkstop (fork child error semantics)",
-}
-
 SocketServerTest = _skipping(stdlib.SocketServerTest, dict.fromkeys(_DATAGRAM_TESTS, DATAGRAM))
-ErrorHandlerTest = _skipping(stdlib.ErrorHandlerTest, FIXED_ON_BRANCH_FORKSTOP)
+ErrorHandlerTest = stdlib.ErrorHandlerTest
 SocketWriterTest = stdlib.SocketWriterTest
 MiscTestCase = _skipping(stdlib.MiscTestCase, {
     "test_all": "checks the stdlib module's __all__ against the objects it defines itself; "

@@ -15,6 +15,7 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``print TEXT``        print ``CHILD TEXT`` on stdout (not flushed), then reply ``TEXT PID``
 ``resume``            reply ``resume=RESULT PID``, RESULT being what resume_when_readable() returned
 ``boom``              raise an exception (the child's handle_error logs it on stderr)
+``exit``              raise SystemExit
 ``gc``                reply ``frozen=N PID``, N being gc.get_freeze_count() in the child
 
 ``PID`` is the process that ran the handler. Options:
@@ -25,6 +26,9 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``--unflushed TEXT``   after printing the port, write TEXT to stdout without flushing
 ``--atexit``           register an atexit handler printing ``ATEXIT PID``
 ``--no-freeze-gc``     the fork strategy's freeze_gc=False
+``--record PATH``      append ``handle PID``, ``handle_error PID`` and ``shutdown_request PID``
+                       to PATH as the handler and those server methods run
+``--debug``            log at DEBUG level (INFO otherwise)
 
 The last line on stdout, after serve_forever() returns, is ``EXIT PID frozen=N``.
 """
@@ -45,12 +49,32 @@ import time
 import gearshift
 
 
+RECORD: str | None = None
+
+
+def record(event: str) -> None:
+    if RECORD is not None:
+        with open(RECORD, "a") as f:
+            f.write(f"{event} {os.getpid()}\n")
+
+
+class RecordingServer(gearshift.Server):
+    def handle_error(self, request: socket.socket, client_address: object) -> None:
+        record("handle_error")
+        super().handle_error(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        record("shutdown_request")
+        super().shutdown_request(request)
+
+
 class Handler(socketserver.StreamRequestHandler):
     def reply(self, text: str) -> None:
         self.wfile.write(f"{text} {os.getpid()}\n".encode())
         self.wfile.flush()
 
     def handle(self) -> None:
+        record("handle")
         line = self.rfile.readline().decode().strip()
         command, _, rest = line.partition(" ")
         if command == "sleep":
@@ -79,6 +103,8 @@ class Handler(socketserver.StreamRequestHandler):
             self.reply(f"frozen={gc.get_freeze_count()}")
         elif command == "boom":
             raise RuntimeError("handler exploded in the child")
+        elif command == "exit":
+            raise SystemExit(0)
         else:  # "echo" and anything else
             self.reply(rest)
 
@@ -94,16 +120,21 @@ def main() -> None:
     parser.add_argument("--listener", choices=("own", "adopted", "both"), default="own",
                         help="own: the server binds its port; adopted: it is given a bound socket "
                              "(listener=); both: it binds one and is given a second, printed too")
+    parser.add_argument("--record", default=None)
+    parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
 
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    global RECORD
+    RECORD = args.record
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     if args.atexit:
         atexit.register(lambda: print(f"ATEXIT {os.getpid()}", flush=True))
 
     adopted = None
     if args.listener != "own":
         adopted = socket.create_server(("127.0.0.1", 0))
-    server = gearshift.Server(
+    server = RecordingServer(
         ("127.0.0.1", 0), Handler, strategy="fork",
         listener=adopted if args.listener == "adopted" else None,
         max_children=args.max_children, drain_timeout=args.drain_timeout, freeze_gc=args.freeze_gc,

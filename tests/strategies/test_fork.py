@@ -189,12 +189,12 @@ def test_drain_timeout_terminates_children_and_logs(fork_server):
         started, child = read_line(client).split()
         child = int(child)
         server.proc.send_signal(signal.SIGTERM)
-        server.proc.wait(10)  # far sooner than the child's 30 s: it got SIGTERM'd
+        server.proc.wait(10)  # far sooner than the child's 30 s: it was killed
         assert proc_state(child) is None
         assert closed_by_peer(client)  # the request was cut short
     err = server.stderr()
     assert "WARNING gearshift: drain timeout" in err, err
-    assert f"terminating 1 child process still running: {child}" in err, err
+    assert f"killing 1 child process still running: {child}" in err, err
 
 
 def test_sigterm_shuts_down_and_exits_cleanly(fork_server):

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
+import select
 import selectors
 import socket
 import threading
@@ -110,10 +112,14 @@ class Server:
         self._shutdown_requested = False
         self._is_shut_down = threading.Event()
         self._is_shut_down.set()
-        #: True once ``server_close()`` has begun: handlers should finish the request in hand and
-        #: close the connection rather than wait for another on it. (A plain attribute, not a
-        #: property: ``fork`` reads it before every fork, and a call would cost a page fault.)
+        #: True once this process's server has begun closing (``server_close()``, or
+        #: ``begin_closing()`` in a worker process): handlers should finish the request in hand
+        #: and close the connection rather than wait for another on it.
         self.closing = False
+        self._closed = False  # server_close() has run (closing can also be set by begin_closing)
+        # Wakes wait_readable() when closing begins; created by the first wait, per process.
+        self._closing_waker: Waker | None = None
+        self._closing_waker_lock = threading.Lock()
         # Connections returned to the loop by handlers (see resume_when_readable). Created on
         # first use, so that under ``fork`` (which never hands connections back) a child's
         # shutdown_request() need not touch a dict.
@@ -364,7 +370,7 @@ class Server:
         Called by a handler (HTTP keep-alive between requests) so that a waiting connection costs
         a selector entry, not a thread or a turn of a ``sync`` loop. Returns False when the loop
         cannot take it back (the handler runs in a forked child, or the server is closing): the
-        handler then keeps the connection itself or closes it.
+        handler then closes the connection, or waits for it with :meth:`wait_readable`.
         """
         loop = self._loop
         if self.closing or loop is None or loop.pid != os.getpid():
@@ -468,12 +474,14 @@ class Server:
         behind a slow drain. How the drain waits is the strategy's (``block_on_close``); it waits
         at most ``drain_timeout`` seconds when that is set.
         """
-        if self.closing:
+        if self._closed:
             return
+        self._closed = True
         with self._resume_lock:
             self.closing = True
             resumed = list(self._resume_queue)
             self._resume_queue.clear()
+        self.begin_closing()  # wakes handlers waiting in wait_readable()
         me = os.getpid()
         for sock in self.listeners:
             if self._own_listeners.get(sock.fileno()) == me:
@@ -507,53 +515,92 @@ class Server:
         finally:
             if self._loop_thread != threading.get_ident():
                 self._close_loop_if_closed()
+            # Drained: a handler still waiting (an abandoned thread) finds closing set, and
+            # wait_readable() never polls a closed waker.
+            with self._closing_waker_lock:
+                waker, self._closing_waker = self._closing_waker, None
+            if waker is not None:
+                waker.close()
+
+    def begin_closing(self) -> None:
+        """Mark this process's server as closing, without closing anything: handlers finish the
+        request in hand, answer it as the last on its connection, and stop waiting for another
+        (:meth:`wait_readable` returns False at once).
+
+        ``server_close()`` calls it; a strategy calls it in a worker process (a forked child)
+        whose parent is closing, typically from a signal handler: it only sets a flag and writes
+        a byte, so it is safe there.
+        """
+        self.closing = True
+        waker = self._closing_waker
+        if waker is not None:
+            waker.wake()
+
+    def wait_readable(self, sock: socket.socket, timeout: float | None = None) -> bool:
+        """Block until ``sock`` has bytes to read (True), or ``timeout`` seconds pass or the
+        server begins closing (False).
+
+        For a handler that keeps an idle connection itself because ``resume_when_readable()``
+        said False: the wait ends as soon as the server closes, so an idle connection never
+        holds up a stop. Bytes that have already arrived when closing begins still count as a
+        request in hand (True): closing then would reset the connection under them.
+        """
+        pending = getattr(sock, "pending", None)  # an SSLSocket may hold decrypted bytes
+        if pending is not None and pending():
+            return True
+        if self.closing:
+            return _readable_now(sock)
+        with self._closing_waker_lock:
+            waker = self._closing_waker
+            if waker is None:
+                waker = self._closing_waker = Waker()
+        # closing is read again after the waker exists: begin_closing() in between either
+        # set it already or wakes this waker.
+        if self.closing:
+            return _readable_now(sock)
+        return _wait_readable(sock.fileno(), waker.fileno(), timeout)
 
     def _close_loop_if_closed(self) -> None:
         loop = self._loop
-        if not self.closing or loop is None:
+        if not self._closed or loop is None:
             return
         self._loop = None
         if loop.pid == os.getpid():
             loop.selector.close()
             loop.waker.close()
 
-    def detach_needed(self) -> bool:
-        """Whether a child forked now must call ``detach_loop()``: True when this process's loop
-        holds something a child should not keep (an adopted listener, an idle or queued
-        connection).
+    def after_fork(self) -> None:
+        """Call first thing in a child process forked to handle connections the parent accepted
+        (as ``fork`` does), which will not run this server's loop itself.
 
-        Asked in the parent just before ``fork()``, where these objects are in use anyway, so
-        that the usual child (nothing adopted, nothing idle) touches none of them: under
-        ``fork`` every object a child touches costs a copy-on-write page fault, per request.
+        Closes the child's copies of what belongs to the parent's loop: the listeners (so that a
+        child outliving the parent's ``server_close()`` keeps no port, adopted ones included),
+        the selector, idle and queued connections. Nothing the parent uses is touched: no
+        ``shutdown()`` of a shared socket, no unregistering from the epoll set both processes
+        share, no unlinking of a Unix socket. The child gets its own closing state, so that
+        ``begin_closing()`` in the child wakes only the child's waits.
         """
-        loop = self._loop
-        return bool(self._adopted_listeners or self._resume_queue or (loop is not None and loop._idle))
-
-    def detach_loop(self) -> None:
-        """In a forked child that will not run this server's loop: close this process's copies of
-        what could outlive the parent's ``server_close()``, touching nothing the parent owns (no
-        ``shutdown()`` of shared connections, no unlinking of a Unix socket).
-
-        Listeners the server created need nothing here (``server_close()`` shuts them down,
-        which reaches every copy); adopted ones, idle connections and queued ones are closed, so
-        a child that outlives the parent's server (a slow request, a keep-alive connection)
-        keeps no port and no client waiting. The selector and the wake-up socket are
-        close-on-exec and end with the child (unregistering anything would edit the epoll set
-        this process shares with the parent). A strategy calls this only when
-        ``detach_needed()`` said so before the fork.
-        """
-        # The loop stays referenced: it records the pid that owns it, so this process never
-        # mistakes it for its own.
-        if self._adopted_listeners:
-            for sock in self.listeners:
-                if sock.fileno() in self._adopted_listeners:
-                    sock.close()
-        loop = self._loop
+        for sock in self.listeners:
+            sock.close()
+        self._own_listeners.clear()
+        self._adopted_listeners = ()
+        self._unix_paths.clear()
+        loop, self._loop = self._loop, None
         if loop is not None:
             for idle in loop.idle_connections():
                 idle.request.close()
+            # Closing copies only drops this process's descriptors: the parent's epoll set and
+            # wake-up socket are unaffected.
+            loop.selector.close()
+            loop.waker.close()
         while self._resume_queue:
             self._resume_queue.popleft()[0].close()
+        self._resume_marks = None
+        self._resume_lock = threading.Lock()  # another thread of the parent may have held it
+        waker, self._closing_waker = self._closing_waker, None
+        if waker is not None:
+            waker.close()
+        self._closing_waker_lock = threading.Lock()
 
     def __enter__(self) -> Server:
         return self
@@ -563,6 +610,32 @@ class Server:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.server_address!r} strategy={self.strategy.name!r}>"
+
+
+_POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds
+
+
+def _readable_now(sock: socket.socket) -> bool:
+    try:
+        return _wait_readable(sock.fileno(), None, 0)
+    except (OSError, ValueError):  # closed meanwhile: nothing to read
+        return False
+
+
+def _wait_readable(fd: int, waker_fd: int | None, timeout: float | None) -> bool:
+    """Whether ``fd`` became readable within ``timeout`` (None: no limit), or before ``waker_fd``
+    did."""
+    if hasattr(select, "poll"):  # no FD_SETSIZE limit, unlike select()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if waker_fd is not None:
+            poller.register(waker_fd, select.POLLIN)
+        events = poller.poll(None if timeout is None else min(max(0, math.ceil(timeout * 1000)), _POLL_MAX_MS))
+        # POLLHUP/POLLERR count too: the read that follows reports what happened.
+        return any(ready == fd for ready, _ in events)
+    watched = [fd] if waker_fd is None else [fd, waker_fd]  # pragma: no cover - Windows
+    ready, _, _ = select.select(watched, [], [], timeout)  # pragma: no cover
+    return fd in ready  # pragma: no cover
 
 
 def _check_drain_timeout(value: float | None) -> float | None:

@@ -7,7 +7,8 @@ core loop with :meth:`gearshift.Server.resume_when_readable` and returns. The lo
 the strategy again when the next request's bytes arrive, so an idle keep-alive connection holds a
 selector entry, not a thread, and a ``sync`` server interleaves many keep-alive clients. Where the
 loop cannot take it back (a ``fork`` child), the turn keeps the connection and waits for the next
-request itself, up to the keep-alive timeout.
+request itself with ``server.wait_readable()``, up to the keep-alive timeout or until the server
+starts closing.
 
 Nothing here knows which strategy runs it: the only strategy facts it uses are the
 ``multithread``/``multiprocess`` flags, copied into the environ by the server.
@@ -118,7 +119,7 @@ class Connection:
                         raise self.deferred_error
                     if self._read(blocking=False):
                         continue
-                    if self._park() or self.server.closing:
+                    if self._park() or not self._wait_readable():
                         return
                     self._read(blocking=True)
                     continue
@@ -149,6 +150,21 @@ class Connection:
             server.pending_connections[self.sock] = self
             return True
         return False
+
+    def _wait_readable(self) -> bool:
+        """Where the loop could not take the connection back: wait for the next bytes here,
+        through the server so that the wait ends when it starts closing. False: close now (the
+        server is closing, or the connection stayed idle past its timeout)."""
+        idle = self.parser.idle
+        if idle:
+            timeout = self.config.keep_alive_timeout if self.served else self.config.header_timeout
+        else:
+            timeout = self._remaining_head_time()
+        if self.server.wait_readable(self.sock, timeout):
+            return True
+        if idle or self.server.closing:
+            return False
+        raise _Timeout(partial=True)
 
     def _remaining_head_time(self) -> float:
         if self.head_deadline is None:

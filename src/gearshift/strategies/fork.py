@@ -4,17 +4,20 @@ Compared with socketserver's ForkingMixIn:
 
 - waiting for a free slot waits for *our* children only (a pidfd per child where Linux has
   them), never ``waitpid(-1)``, which would steal the exit status of the application's own
-  subprocesses;
+  subprocesses; the wait also ends when the server is stopped (``shutdown()``) or closed;
 - finished children are reaped every loop turn, so no zombie outlives ``poll_interval`` even
   when no traffic arrives;
 - the parent flushes stdio before forking and the child leaves with ``os._exit`` after flushing
   only what it wrote itself: no output is written twice and no atexit handler runs in a child;
 - the port is free as soon as the parent's ``server_close()`` returns, even while a child is
   still finishing a slow request (the server shuts its listeners down, which reaches the
-  children's copies too, so a child need not close them);
+  children's copies too, and each child closes its copies first thing: ``Server.after_fork()``);
+- stopping is quick: ``server_close()`` sends every child SIGTERM at once, which a child takes
+  as "the server is closing" (``Server.begin_closing()``): it finishes the request in hand,
+  answered as the last on its connection, and closes an idle keep-alive connection at once.
+  Children still running after the drain timeout are killed (SIGKILL), with a warning;
 - the child ignores SIGINT (Ctrl+C reaches the whole process group; the parent decides whether
-  in-flight requests finish) and takes SIGTERM's default action, which the parent uses to stop
-  children that outlive the drain timeout;
+  in-flight requests finish);
 - while serving, the objects the parent had are frozen out of the cyclic garbage collector
   (``freeze_gc``), so no child's collection walks, and so copies, the parent's memory.
 
@@ -25,6 +28,7 @@ process on gearshift's account (Python 3.12+ warns about that).
 from __future__ import annotations
 
 import gc
+import math
 import os
 import select
 import signal
@@ -33,27 +37,20 @@ import sys
 import time
 
 from ..core.errors import StrategyUnavailableError
+from ..core.listeners import Waker
 from ..core.strategy import Address, Strategy, bool_option, positive_int_option
 from ..core.logs import get_logger
 
 TYPE_CHECKING = False  # not typing's: see core/strategy.py
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import NoReturn
 
 log = get_logger("gearshift")
 
-try:
-    # The C function behind signal.signal(), without the wrapper's conversion of the old handler
-    # to an enum: in a child, that conversion alone costs ~40 copy-on-write page faults.
-    from _signal import signal as _set_signal
-except ImportError:  # pragma: no cover - other implementations
-    _set_signal = signal.signal
-# Plain ints rather than the Signals/Handlers enum members, for the same reason.
-_SIGINT, _SIGTERM = int(signal.SIGINT), int(signal.SIGTERM)
-_SIG_DFL, _SIG_IGN = int(signal.SIG_DFL), int(signal.SIG_IGN)
-
-#: After the drain timeout, how long children get between SIGTERM and SIGKILL.
-TERMINATE_GRACE = 2.0
+# Blocked in the parent around fork(), so that a child cannot be killed by a SIGTERM that
+# server_close() sends before the child has installed its handler: the signal waits, pending.
+_SIGTERM_ONLY = {signal.SIGTERM}
 
 
 class ForkStrategy(Strategy):
@@ -80,65 +77,94 @@ class ForkStrategy(Strategy):
         # one waitpid() per live child (socketserver's way: 40 system calls a turn at capacity).
         self._exits = select.poll() if _pidfd_open is not None else None
         self._pid_of_fd: dict[int, int] = {}
+        # Ends a wait for a free slot when the server is stopped or closed (stop_serving, close);
+        # created by the first such wait.
+        self._wake: Waker | None = None
+        self._stopping = False
 
     # -- the parent ----------------------------------------------------------------------------
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
         server = self.server
         while len(self.active_children) >= self.max_children and self.collect_children() >= self.max_children:
-            self._wait_for_exit(None)
-        if server.closing:
-            # server_close() ran while we waited for a slot (a signal handler): the drain is
-            # over, so this connection is closed unserved, like one still in the backlog.
+            if self._wake is None:
+                self._wake = Waker()
+            # Read after the waker exists: a stop_serving() in between has set the flag or
+            # wakes the wait.
+            if self._stopping or server.closing:
+                break
+            self._wait_for_exit(None, wakeable=True)
+        if self._stopping or server.closing:
+            # shutdown() or server_close() came while we waited for a slot (a signal handler,
+            # another thread): this connection is closed unserved, like one still in the backlog.
+            log.debug("closing the connection from %s unserved: the server is stopping", client_address)
             server.shutdown_request(request)
             return
-        detach = server.detach_needed()
         _flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
-        pid = os.fork()
-        if pid == 0:
-            # The child's whole life is here rather than in a helper (or handle_connection()):
-            # this function has run in the parent for every request, so CPython has already
-            # specialised it, while a function called only in children would be written to
-            # (warm-up counters, reference counts) and copied, page by page, in every child.
-            # For the same reason the child touches as few objects as it can.
-            status = 1
-            old_int = old_term = None
-            try:
-                if detach:
-                    server.detach_loop()
-                try:
-                    # Ctrl+C reaches the whole process group: the parent decides whether
-                    # in-flight requests finish. SIGTERM's default lets the parent stop a
-                    # child that outlives the drain timeout. The replaced handlers are kept
-                    # until os._exit(): dropping the last reference to a Python handler (a
-                    # lambda, a bound method) would deallocate it here, page faults and all.
-                    old_int = _set_signal(_SIGINT, _SIG_IGN)
-                    old_term = _set_signal(_SIGTERM, _SIG_DFL)
-                except ValueError:  # not the main thread: signals stay as they were
-                    pass
-                try:  # handle_connection()'s contract, inline (see above)
-                    server.finish_request(request, client_address)
-                    status = 0
-                except Exception:
-                    server.handle_error(request, client_address)
-                finally:
-                    server.shutdown_request(request)
-            except BaseException:  # handle_error or shutdown_request failed, or SystemExit
-                status = 1
-                try:
-                    server.handle_error(request, client_address)
-                except BaseException:
-                    pass
-            finally:
-                _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
-                os._exit(status)
-                del old_int, old_term  # not reached; names the references kept above
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM_ONLY)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._child(request, client_address, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         pidfd = _pidfd(pid)
         self.active_children[pid] = pidfd
         if pidfd is not None and self._exits is not None:
             self._exits.register(pidfd, select.POLLIN)
             self._pid_of_fd[pidfd] = pid
         server.close_request(request)
+        if server.closing:  # server_close() began while we forked: it missed this child
+            _kill(pid, signal.SIGTERM)
+
+    def _child(self, request: socket.socket, client_address: Address, mask: set[int | signal.Signals]) -> NoReturn:
+        """The child's whole life: serve the one connection, then ``os._exit()`` with 0 if the
+        handler returned, 1 otherwise.
+
+        As in socketserver's ForkingMixIn, ``handle_error()`` is called only for an
+        ``Exception`` from the handler (a ``SystemExit`` just ends the child with status 1) and
+        ``shutdown_request()`` exactly once.
+        """
+        status = 1
+        server = self.server
+        try:
+            server.after_fork()
+            try:
+                # Ctrl+C reaches the whole process group: the parent decides whether in-flight
+                # requests finish. The parent's server_close() sends SIGTERM: finish the request
+                # in hand and stop waiting for more on the connection.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, self._child_sigterm)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM already sent lands now
+            try:
+                server.finish_request(request, client_address)
+                status = 0
+            except Exception:
+                server.handle_error(request, client_address)
+            finally:
+                server.shutdown_request(request)
+        except SystemExit:
+            status = 1
+        except BaseException:  # handle_error or shutdown_request failed
+            status = 1
+            try:
+                log.exception("error in the child process serving %s", client_address)
+            except BaseException:
+                pass
+        finally:
+            _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
+            os._exit(status)
+
+    def _child_sigterm(self, signum: int, frame: object) -> None:
+        self.server.begin_closing()
+
+    def stop_serving(self) -> None:
+        """``shutdown()``: a wait for a free slot ends, and that connection is closed unserved."""
+        self._stopping = True
+        if self._wake is not None:
+            self._wake.wake()
 
     def serve(self, run_loop: Callable[[], None]) -> None:
         """Run the loop with the parent's objects frozen out of the cyclic garbage collector
@@ -154,6 +180,9 @@ class ForkStrategy(Strategy):
         reclaimed until serving ends (the freeze is undone then, unless something else had
         frozen objects first).
         """
+        self._stopping = False
+        if self._wake is not None:
+            self._wake.drain()
         if not self.freeze_gc:
             run_loop()
             return
@@ -175,53 +204,63 @@ class ForkStrategy(Strategy):
         """Reap every child that has exited; return how many are still running."""
         if self._exits is not None and len(self._pid_of_fd) == len(self.active_children):
             for fd, _ in self._exits.poll(0):
-                pid = self._pid_of_fd[fd]
-                try:
-                    os.waitpid(pid, 0)  # its pidfd is readable: it has exited, this cannot block
-                except ChildProcessError:
-                    pass
-                self._forget(pid)
+                pid = self._pid_of_fd.get(fd)
+                if pid is None:  # reaped meanwhile (close() in a signal handler)
+                    continue
+                self._reap(pid, 0)  # its pidfd is readable: it has exited, this cannot block
             return len(self.active_children)
         for pid in list(self.active_children):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else (a SIGCHLD=SIG_IGN setting)
-                done = pid
-            if done:
-                self._forget(pid)
+            self._reap(pid, os.WNOHANG)
         return len(self.active_children)
 
+    def _reap(self, pid: int, options: int) -> None:
+        try:
+            done, status = os.waitpid(pid, options)
+        except ChildProcessError:  # reaped by someone else (a SIGCHLD=SIG_IGN setting)
+            done, status = pid, 0
+        if not done:
+            return
+        self._forget(pid)
+        if status:
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                log.debug("child process %d was killed by signal %d", pid, -code)
+            else:
+                log.debug("child process %d exited with status %d", pid, code)
+
     def close(self, timeout: float | None = None) -> None:
-        """Wait for children (if ``block_on_close``) at most ``timeout`` seconds, then terminate
-        the rest: SIGTERM, and SIGKILL for any still alive after a grace period."""
-        if not self.block_on_close:
-            self.collect_children()
-            return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.collect_children():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                break
-            self._wait_for_exit(remaining)
-        if not self.active_children:
-            return
-        log.warning(
-            "drain timeout (%.1f s) passed; terminating %d child process%s still running: %s",
-            timeout, len(self.active_children), "" if len(self.active_children) == 1 else "es",
-            ", ".join(map(str, self.active_children)),
-        )
-        self._signal_all(signal.SIGTERM)
-        grace_end = time.monotonic() + TERMINATE_GRACE
-        while self.collect_children() and time.monotonic() < grace_end:
-            self._wait_for_exit(grace_end - time.monotonic())
-        if self.active_children:
-            self._signal_all(signal.SIGKILL)
-            for pid in list(self.active_children):
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
-                self._forget(pid)
+        """Ask every child to finish (SIGTERM: each finishes the request in hand and closes its
+        connection), wait for them (if ``block_on_close``) at most ``timeout`` seconds, then
+        kill the rest (SIGKILL) with a warning."""
+        if self._wake is not None:
+            self._wake.wake()  # a process_request() waiting for a free slot gives up
+        try:
+            if self.collect_children():
+                self._signal_all(signal.SIGTERM)
+                log.debug(
+                    "asked %d child process%s to finish: %s", len(self.active_children),
+                    _es(len(self.active_children)), ", ".join(map(str, self.active_children)),
+                )
+            if not self.block_on_close:
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.collect_children():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._wait_for_exit(remaining)
+            if not self.active_children:
+                return
+            log.warning(
+                "drain timeout (%.1f s) passed; killing %d child process%s still running: %s",
+                timeout, len(self.active_children), _es(len(self.active_children)),
+                ", ".join(map(str, self.active_children)),
+            )
+            self.terminate()
+        finally:
+            waker, self._wake = self._wake, None
+            if waker is not None:
+                waker.close()
 
     def terminate(self) -> int:
         """SIGKILL every child and reap it (safe in a signal handler: no logging, no locks)."""
@@ -235,14 +274,24 @@ class ForkStrategy(Strategy):
             self._forget(pid)
         return len(children)
 
-    def _wait_for_exit(self, timeout: float | None) -> None:
-        """Block until one of our children may have exited, or ``timeout`` passes."""
+    def _wait_for_exit(self, timeout: float | None, wakeable: bool = False) -> None:
+        """Block until one of our children may have exited, or ``timeout`` passes; with
+        ``wakeable``, also until ``stop_serving()`` or ``close()``."""
         if self._exits is not None and self._pid_of_fd and len(self._pid_of_fd) == len(self.active_children):
-            # OSError: a signal handler's server_close() closed the pidfds under us.
+            # A poll object of its own: close() may run in a signal handler during this wait
+            # and wait too, and one poll object cannot be polled twice at once.
+            poller = select.poll()
+            for fd in self._pid_of_fd:
+                poller.register(fd, select.POLLIN)
+            wake = self._wake if wakeable else None
+            if wake is not None:
+                poller.register(wake, select.POLLIN)
             try:
-                self._exits.poll(None if timeout is None else max(0, int(timeout * 1000)))
-            except (InterruptedError, OSError):
-                pass
+                events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+            except OSError:
+                return
+            if wake is not None and events:
+                wake.drain()
         else:  # no pidfds on this platform: poll our own pids, never waitpid(-1)
             time.sleep(0.005 if timeout is None else max(0.0, min(0.005, timeout)))
 
@@ -254,11 +303,19 @@ class ForkStrategy(Strategy):
             os.close(pidfd)
 
     def _signal_all(self, signum: int) -> None:
-        for pid in self.active_children:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
+        for pid in list(self.active_children):
+            _kill(pid, signum)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _es(count: int) -> str:
+    return "" if count == 1 else "es"
 
 
 _pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+, Python 3.9+
