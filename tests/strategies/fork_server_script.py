@@ -17,6 +17,7 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``boom``              raise an exception (the child's handle_error logs it on stderr)
 ``exit``              raise SystemExit
 ``gc``                reply ``frozen=N PID``, N being gc.get_freeze_count() in the child
+                      beyond what the interpreter froze by itself (FROZEN_AT_START)
 
 ``PID`` is the process that ran the handler. Options:
 
@@ -50,6 +51,8 @@ import gearshift
 
 
 RECORD: str | None = None
+#: What the interpreter keeps frozen by itself (CPython 3.12 starts with a few hundred objects).
+FROZEN_AT_START = gc.get_freeze_count()
 
 
 def record(event: str) -> None:
@@ -100,7 +103,7 @@ class Handler(socketserver.StreamRequestHandler):
             result = self.server.resume_when_readable(self.request, self.client_address, 1.0)
             self.reply(f"resume={result}")
         elif command == "gc":
-            self.reply(f"frozen={gc.get_freeze_count()}")
+            self.reply(f"frozen={max(0, gc.get_freeze_count() - FROZEN_AT_START)}")
         elif command == "boom":
             raise RuntimeError("handler exploded in the child")
         elif command == "exit":
@@ -158,7 +161,7 @@ def main() -> None:
         server.serve_forever(poll_interval=args.poll_interval)
     finally:
         server.server_close()
-    print(f"EXIT {os.getpid()} frozen={gc.get_freeze_count()}", flush=True)
+    print(f"EXIT {os.getpid()} frozen={max(0, gc.get_freeze_count() - FROZEN_AT_START)}", flush=True)
 
 
 if __name__ == "__main__":
