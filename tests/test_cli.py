@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -148,13 +149,23 @@ def test_parse_bind_rejects(text: str, message: str) -> None:
 )
 def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, call: object) -> None:
     spec = cli.parse_app_spec(text)
-    assert (spec.module, spec.path, spec.call) == (module, path, call)
+    assert (spec.module, spec.path, spec.call, spec.file) == (module, path, call, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "file", "path"),
+    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None), ("src/hello.py:app", "src/hello.py", ("app",)),
+     ("/srv/site/hello.py:create()", "/srv/site/hello.py", ("create",))],
+)
+def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...] | None) -> None:
+    spec = cli.parse_app_spec(text)
+    assert (spec.file, spec.module, spec.path) == (file, "hello", path)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("src/app.py:app", "did you mean 'src.app:app'"),
+        ("my-app:app", "expected MODULE:APP, e.g. myapp:app or myapp.py:app"),
         (":app", "expected MODULE:APP"),
         ("mod:app[0]", "not a name or a call"),
         ("mod:create_app(x)", "must be literals"),
@@ -209,11 +220,52 @@ def test_bad_environment_values_are_usage_errors(environ: dict[str, str], messag
         _args([], environ)
 
 
-def test_access_log_without_value_before_the_app() -> None:
-    assert (_args(["--access-log", "mod:app"]).app, _args(["--access-log", "mod:app"]).access_log) == ("mod:app", "-")
+def test_access_log_takes_a_value_and_refuses_to_guess(importable: Path) -> None:
+    args = _args(["--access-log", "-", "mod:app"])
+    assert (args.app, args.access_log) == ("mod:app", "-")
     args = _args(["mod:app", "--access-log", "/var/log/access.log"])
     assert (args.app, args.access_log) == ("mod:app", "/var/log/access.log")
-    assert _args(["--access-log"]).access_log == "-"
+    assert _args(["--access-log", "access.log"]).access_log == "access.log"  # no module 'access': a file
+    assert _args(["--access-log", "goodapp", "goodapp:app"]).access_log == "goodapp"  # the app is given
+    with pytest.raises(cli.UsageError, match=r"^argument --access-log: expected one argument \(a file name, or - for"):
+        _args(["--access-log"])
+    # "gearshift --access-log goodapp": a log file named goodapp while serving the demo, or the
+    # app goodapp? Refused, rather than guessed either way.
+    for value in ("goodapp", "goodapp:app", "mod:create_app()"):
+        with pytest.raises(cli.UsageError, match=rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"):
+            _args(["--access-log", value])
+    with pytest.raises(cli.UsageError, match="^GEARSHIFT_ACCESS_LOG takes a file name"):
+        _args([], {"GEARSHIFT_ACCESS_LOG": "goodapp"})
+
+
+def test_unknown_option_suggests_the_closest() -> None:
+    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"):
+        _args(["--max-chidren=4"])
+    with pytest.raises(cli.UsageError, match=r"did you mean --keep-alive-timeout\?$"):
+        _args(["mod:app", "--keepalive-timeout", "3"])
+    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --zzz$"):
+        _args(["--zzz"])
+
+
+def test_unknown_gearshift_variables_are_reported_with_the_closest_name() -> None:
+    args = _args([], {"GEARSHIFT_MAX_CHILDRN": "3", "GEARSHIFT_STRATEGY": "fork", "GEARSHIFT_ZZZ": "1"})
+    assert args.max_children is None
+    assert args._warnings == [
+        "GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; did you mean GEARSHIFT_MAX_CHILDREN?",
+        "GEARSHIFT_ZZZ is not a gearshift setting and is ignored (see 'gearshift --help' for the variables)",
+    ]
+
+
+@pytest.mark.parametrize(("text", "value"), [("007", 0o007), ("0o077", 0o077), ("0", 0), ("777", 0o777), ("22", 0o022)])
+def test_umask_is_octal(text: str, value: int) -> None:
+    assert _args(["--umask", text]).umask == value
+    assert _args([], {"GEARSHIFT_UMASK": text}).umask == value
+
+
+@pytest.mark.parametrize("text", ["8", "1000", "0x7", "-1", "", "rwx"])
+def test_umask_rejects(text: str) -> None:
+    with pytest.raises(cli.UsageError, match="expected an octal number from 0 to 777"):
+        _args([f"--umask={text}"])
 
 
 def test_listen_fds_reads_and_unsets_the_environment() -> None:
@@ -283,10 +335,10 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
         ("syntaxapp:app", r"error while importing 'syntaxapp': SyntaxError: .*syntaxapp.py, line 1"),
         ("goodapp:missing", "'goodapp' has no attribute 'missing'"),
         ("goodapp:holder.missing", "'goodapp.holder' has no attribute 'missing'"),
-        ("goodapp.py:app", "not a file: did you mean 'goodapp'"),
-        ("goodapp:NOT_CALLABLE", "goodapp:NOT_CALLABLE is a int, not callable"),
+        ("goodapp:NOT_CALLABLE", "goodapp:NOT_CALLABLE is an int, not callable"),
+        ("goodapp:holder.app.__name__", "is a str, not callable"),
         ("goodapp:NOTHING", "is None, not a WSGI application"),
-        ("goodapp:NOT_CALLABLE()", "is a int, not a factory"),
+        ("goodapp:NOT_CALLABLE()", "is an int, not a factory"),
         ("goodapp:failing_factory()", "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
         ("goodapp:create_app(1, 2, 3)", "failed: TypeError"),
         ("goodapp:failing_factory", "takes no arguments.*'goodapp:failing_factory\\(\\)'"),
@@ -295,6 +347,51 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
 def test_load_app_errors(importable: Path, spec: str, message: str) -> None:
     with pytest.raises(cli.CommandError, match=message):
         cli.load_app(spec)
+
+
+@pytest.fixture
+def restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("goodapp", "pkg", "pkg.web", "pkg.helpers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              restore_sys_path: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _body(cli.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
+    assert sys.path[0] == str(app_dir)  # its directory is importable, as for the file itself
+    # a file inside a package imports as part of it, so that its relative imports work
+    package = tmp_path / "site" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("BODY = b'from a package'\n")
+    (package / "web.py").write_text(textwrap.dedent("""
+        from .helpers import BODY
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", str(len(BODY)))])
+            return [BODY]
+    """))
+    assert _body(cli.load_app("site/pkg/web.py:app")) == b"from a package"
+    assert sys.modules["pkg.web"].__file__ == str(package / "web.py")
+
+
+def test_load_app_from_a_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_sys_path: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("def app(environ, start_response): return []\n")
+    (tmp_path / "my-app.py").write_text("")
+    (tmp_path / "dir.py").mkdir()
+    cases = [
+        ("nothere.py:app", "cannot import 'nothere.py': no such file"),
+        ("./dir.py:app", "cannot import './dir.py': is a directory"),
+        ("./my-app.py:app", "'my-app' is not a valid module name; rename the file"),
+        ("./json.py:app", "cannot import './json.py' as module 'json': that name is already another module"),
+        ("sub/app:app", "cannot import 'sub/app': no such file"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(cli.CommandError, match=re.escape(message)):
+            cli.load_app(spec)
 
 
 # -- in-process: the demo app --------------------------------------------------------------------
@@ -416,7 +513,7 @@ def test_console_script_imports_from_the_current_directory(app_dir: Path) -> Non
 
 
 def test_access_log_to_stderr() -> None:
-    with GearshiftProcess(["-b", "127.0.0.1:0", "--access-log", "-s", "sync"]) as server:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "--access-log", "-", "-s", "sync"]) as server:
         request(server.address(), "/json?x=1")
         line = server.wait_for(r'"GET /json\?x=1 HTTP/1.1" 200 \d+')[0].string
         assert line.startswith("127.0.0.1 - - [")  # the bare common log format, no log prefix
@@ -566,26 +663,35 @@ ERROR_CASES = [
      "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
     ("syntax-error", ["syntaxapp:app"], {}, 1, "SyntaxError"),
     ("attribute-missing", ["goodapp:missing"], {}, 1, "'goodapp' has no attribute 'missing'"),
-    ("not-callable", ["goodapp:NOT_CALLABLE"], {}, 1, "goodapp:NOT_CALLABLE is a int, not callable"),
+    ("not-callable", ["goodapp:NOT_CALLABLE"], {}, 1, "goodapp:NOT_CALLABLE is an int, not callable"),
     ("factory-fails", ["goodapp:failing_factory()"], {}, 1, "RuntimeError: the factory broke"),
-    ("app-as-a-file", ["goodapp.py:app"], {}, 1, "not a file: did you mean 'goodapp'"),
+    ("app-file-missing", ["nothere.py:app"], {}, 1, "cannot import 'nothere.py': no such file"),
     ("bad-app-syntax", ["goodapp:app[0]"], {}, 2, "is not a name or a call"),
     ("unknown-strategy", ["-s", "nope"], {}, 2, "unknown strategy 'nope'; available strategies: fork, sync, thread"),
-    ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, "max_children must be a whole number >= 1"),
+    ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, ": --max-children must be a whole number >= 1"),
+    ("bad-option-value-from-env", ["-s", "fork"], {"GEARSHIFT_MAX_CHILDREN": "0"}, 2,
+     ": GEARSHIFT_MAX_CHILDREN must be a whole number >= 1, not 0"),
     ("option-of-another-strategy", ["-s", "thread", "--max-children", "4"], {}, 2,
      "--max-children (GEARSHIFT_MAX_CHILDREN) does not apply to strategy 'thread', whose options are: "
      "block_on_close, daemon_threads"),
     ("flag-of-another-strategy", ["-s", "sync"], {"GEARSHIFT_DAEMON_THREADS": "1"}, 2,
      "--daemon-threads (GEARSHIFT_DAEMON_THREADS) does not apply to strategy 'sync', whose options are: none"),
-    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, "keep_alive_timeout must be a number of seconds >= 0"),
+    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, ": --keep-alive-timeout must be a number of seconds >= 0"),
     ("not-a-number", ["--max-children", "lots"], {}, 2, "argument --max-children: invalid int value: 'lots'"),
     ("unknown-option", ["--bogus"], {}, 2, "unrecognized arguments: --bogus"),
+    ("misspelt-option", ["--max-chidren", "4"], {}, 2, "unrecognized arguments: --max-chidren; did you mean --max-children?"),
     ("bad-env-value", [], {"GEARSHIFT_MAX_CHILDREN": "lots"}, 2, "GEARSHIFT_MAX_CHILDREN: invalid value 'lots'"),
     ("bad-bind", ["-b", "localhost"], {}, 2, "bad bind address 'localhost'"),
     ("ipv6-without-brackets", ["-b", "::1:8000"], {}, 2, "put an IPv6 address in brackets"),
     ("negative-graceful-timeout", ["--graceful-timeout", "-1"], {}, 2, "--graceful-timeout must be >= 0"),
     ("keyfile-alone", ["--keyfile", "k.pem"], {}, 2, "--keyfile needs --certfile"),
-    ("certfile-missing", ["--certfile", "missing.pem"], {}, 1, "cannot load the TLS certificate missing.pem"),
+    ("certfile-missing", ["--certfile", "missing.pem"], {}, 1, "--certfile missing.pem: no such file or directory"),
+    ("certfile-not-a-certificate", ["--certfile", "goodapp.py"], {}, 1, "--certfile goodapp.py: not a PEM certificate"),
+    ("access-log-without-value", ["--access-log"], {}, 2, "expected one argument (a file name, or - for stderr)"),
+    ("access-log-or-app", ["--access-log", "goodapp"], {}, 2,
+     "--access-log takes a file name (or - for stderr) and no MODULE:APP was given: is 'goodapp' the application?"),
+    ("bad-umask", ["--umask", "8"], {}, 2, "argument --umask: expected an octal number from 0 to 777"),
+    ("bad-umask-env", [], {"GEARSHIFT_UMASK": "0o1000"}, 2, "GEARSHIFT_UMASK: invalid value '0o1000'"),
     ("access-log-unwritable", ["--access-log", "/nonexistent-dir/access.log"], {}, 1,
      "cannot open access log /nonexistent-dir/access.log: no such file or directory"),
     ("fd-not-open", ["--fd", "987"], {}, 1, "--fd 987: descriptor 987: bad file descriptor"),
@@ -699,7 +805,7 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
         assert request(server.address(), "/json")[0] == 200
         assert server.stop() == 0
     assert "connections served" not in server.stderr
-    _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, "log_every must be")
+    _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
 
 
 def test_example_strategy_serves_a_burst_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
