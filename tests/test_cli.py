@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import textwrap
@@ -550,16 +551,67 @@ def test_no_access_log_by_default() -> None:
     assert "GET /json" not in server.stderr
 
 
-def test_https(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """cert.pem and key.pem, other_key.pem (not cert.pem's), both.pem (cert then key) and
+    encrypted_key.pem (key.pem with a passphrase), made with the openssl command."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    directory = tmp_path_factory.mktemp("tls")
+    files = {name: directory / f"{name}.pem" for name in ("cert", "key", "other_key", "both", "encrypted_key")}
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(files["key"]), "-out", str(files["cert"])],
+        check=True, capture_output=True, timeout=60,
     )
+    subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(files["other_key"])], check=True, capture_output=True, timeout=60)
+    subprocess.run([openssl, "pkey", "-in", str(files["key"]), "-aes256", "-passout", "pass:secret",
+                    "-out", str(files["encrypted_key"])], check=True, capture_output=True, timeout=60)
+    files["both"].write_text(files["cert"].read_text() + files["key"].read_text())
+    return files
+
+
+def _tls_context(certfile: Path | str, keyfile: Path | str | None = None) -> ssl.SSLContext | None:
+    return cli.ssl_context_from(argparse.Namespace(certfile=str(certfile), keyfile=keyfile and str(keyfile)))
+
+
+def test_tls_certificate_and_key_load(tls_files: dict[str, Path]) -> None:
+    assert isinstance(_tls_context(tls_files["cert"], tls_files["key"]), ssl.SSLContext)
+    assert isinstance(_tls_context(tls_files["both"]), ssl.SSLContext)  # the key in the same file
+
+
+def test_tls_errors_say_which_file_and_what_is_wrong(tls_files: dict[str, Path], tmp_path: Path) -> None:
+    cert, key = tls_files["cert"], tls_files["key"]
+    der = tmp_path / "cert.der"
+    der.write_bytes(ssl.PEM_cert_to_DER_cert(cert.read_text()))
+    cases = [
+        # OpenSSL alone says "[SSL] PEM lib (_ssl.c:...)" for most of these
+        ((cert, None), f"--certfile {cert} holds no private key: give the key's file with --keyfile"),
+        ((tmp_path / "missing.pem", None), f"--certfile {tmp_path / 'missing.pem'}: no such file or directory"),
+        ((key, key), f"--certfile {key}: not a PEM certificate"),
+        ((der, key), f"--certfile {der}: not a PEM certificate"),
+        ((cert, tmp_path / "nokey.pem"), f"--keyfile {tmp_path / 'nokey.pem'}: no such file or directory"),
+        ((cert, cert), f"--keyfile {cert}: not a PEM private key"),
+        ((cert, tls_files["other_key"]),
+         f"the private key in --keyfile {tls_files['other_key']} does not match the certificate in {cert}"),
+        ((cert, tls_files["encrypted_key"]), f"--keyfile {tls_files['encrypted_key']}: the private key is encrypted"),
+    ]
+    for (certfile, keyfile), message in cases:
+        with pytest.raises(cli.CommandError) as caught:
+            _tls_context(certfile, keyfile)
+        assert str(caught.value).startswith(message), (certfile, keyfile, str(caught.value))
+
+
+def test_certificate_without_its_key_is_one_clear_line(tls_files: dict[str, Path]) -> None:
+    result = run_gearshift(["-b", "127.0.0.1:0", "--certfile", str(tls_files["cert"])])
+    _assert_error(result, 1, f"--certfile {tls_files['cert']} holds no private key: give the key's file with --keyfile")
+    assert "PEM lib" not in result.stderr
+
+
+def test_https(tls_files: dict[str, Path]) -> None:
+    cert, key = tls_files["cert"], tls_files["key"]
     args = ["-b", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key), "-s", "thread"]
     with GearshiftProcess(args) as server:
         (url,) = server.wait_ready()
@@ -651,6 +703,141 @@ def test_graceful_timeout_bounds_the_drain() -> None:
         assert "drain timeout" in server.stderr
         assert not [pid for pid in children if is_alive(pid)]
         slow.join(5)
+
+
+# -- subprocess: the other signals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["sync", "thread", "fork"])
+def test_hup_and_usr2_are_logged_and_ignored(strategy: str) -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
+        address = server.address()
+        for count, signum in enumerate((signal.SIGHUP, signal.SIGUSR2, signal.SIGHUP), 1):
+            server.send(signum)  # one at a time: two of the same pending at once are delivered once
+            server.wait_for(r"WARNING: SIG(HUP|USR2): strategy '\w+' does not support reload; ignored", count=count)
+            assert request(address, "/json")[0] == 200
+        assert f"SIGUSR2: strategy '{strategy}' does not support reload; ignored" in server.stderr
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("strategy", ["thread", "fork"])
+def test_usr1_reopens_the_access_log(tmp_path: Path, strategy: str) -> None:
+    log_path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy, "--access-log", str(log_path)]) as server:
+        address = server.address()
+        assert request(address, "/json?before")[0] == 200
+        os.rename(log_path, rotated)  # what logrotate does, then its postrotate script sends USR1
+        server.send(signal.SIGUSR1)
+        server.wait_for(f"INFO: SIGUSR1: reopened the access log {log_path}")
+        assert request(address, "/json?after")[0] == 200
+        assert server.stop() == 0
+    old, new = rotated.read_text().splitlines(), log_path.read_text().splitlines()
+    assert len(old) == 1 and "GET /json?before" in old[0], old
+    assert len(new) == 1 and "GET /json?after" in new[0], new
+
+
+def test_usr1_without_an_access_log_file() -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "sync", "--access-log", "-"]) as server:
+        address = server.address()
+        server.send(signal.SIGUSR1)
+        server.wait_for("SIGUSR1: no access-log file to reopen")
+        assert request(address, "/json")[0] == 200
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("strategy", ["thread", "fork"])
+def test_sigquit_is_a_fast_stop(strategy: str) -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
+        address = server.address()
+        slow = BackgroundRequest(address, "/slow?seconds=30")
+        children = _wait_until_in_flight(server, strategy)
+        server.send(signal.SIGQUIT)
+        # far less than the 30 s drain a SIGTERM would allow, and the 30 s the request takes
+        assert server.wait(20) == 0, server.stderr
+        note = ", killed 1 worker" if strategy == "fork" else ""
+        assert f"WARNING: SIGQUIT: fast stop: stopped accepting{note}; in-flight requests are cut off" in server.stderr
+        assert "gearshift 0.1.0: stopped" in server.stderr and "Traceback" not in server.stderr
+        slow.join(10)
+        assert slow.result is None, slow.result
+        assert not [pid for pid in children if is_alive(pid)]
+        assert port_is_free(*address)
+
+
+def test_fork_children_leave_the_signals_to_their_parent() -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "fork"]) as server:
+        address = server.address()
+        slow = BackgroundRequest(address, "/slow?seconds=1.5")
+        children = _wait_until_in_flight(server, "fork")
+        assert children, server.stderr
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+            os.kill(children[0], signum)  # as `killall -HUP gearshift` does: children match too
+        slow.join(15)
+        assert slow.error is None and slow.result is not None and slow.result[0] == 200, (slow.error, server.stderr)
+        assert "SIGHUP" not in server.stderr and "SIGQUIT" not in server.stderr  # the child said nothing
+        assert request(address, "/json")[0] == 200
+        assert server.stop() == 0
+
+
+SLOW_IMPORT = """
+import os, sys, time
+sys.stderr.write("importing slowapp\\n")
+sys.stderr.flush()
+while not os.path.exists(os.environ["SLOWAPP_GO"]):
+    time.sleep(0.01)
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_signals_while_the_application_imports(tmp_path: Path) -> None:
+    write_module(tmp_path, "slowapp", SLOW_IMPORT)
+    go = tmp_path / "go"
+    env = clean_env(SLOWAPP_GO=str(go))
+    with GearshiftProcess(["slowapp:app", "-b", "127.0.0.1:0", "-s", "sync"], cwd=tmp_path, env=env) as server:
+        server.wait_for("importing slowapp")
+        server.send(signal.SIGHUP)  # acted on once serving begins
+        go.touch()
+        server.wait_ready()
+        server.wait_for("SIGHUP: strategy 'sync' does not support reload; ignored")
+        assert request(server.address(), "/")[2] == b"ok"
+        assert server.stop() == 0
+    go.unlink()
+    with GearshiftProcess(["slowapp:app", "-b", "127.0.0.1:0", "-s", "sync"], cwd=tmp_path, env=env) as server:
+        server.wait_for("importing slowapp")
+        server.send(signal.SIGTERM)
+        assert server.wait() == 128 + signal.SIGTERM
+        assert "gearshift: error: SIGTERM before serving began: not started" in server.stderr
+        assert "Traceback" not in server.stderr
+
+
+# -- subprocess: Unix socket permissions, files as MODULE, warnings --------------------------------
+
+
+def test_umask_sets_the_mode_of_the_unix_sockets(tmp_path: Path) -> None:
+    paths = [tmp_path / "first.sock", tmp_path / "second.sock"]
+    binds = [arg for path in paths for arg in ("-b", f"unix:{path}")]
+    for args, env, mode in [(["--umask", "077"], {}, 0o700), ([], {"GEARSHIFT_UMASK": "007"}, 0o770)]:
+        with GearshiftProcess([*binds, "-s", "sync", *args], env=clean_env(**env)) as server:
+            server.wait_ready(2)
+            assert [stat.S_IMODE(os.stat(path).st_mode) for path in paths] == [mode, mode]
+            assert request(str(paths[1]), "/json")[0] == 200
+            assert server.stop() == 0
+
+
+def test_module_given_as_a_file(app_dir: Path, tmp_path: Path) -> None:
+    for spec, cwd in [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]:
+        with GearshiftProcess([spec, "-b", "127.0.0.1:0", "-s", "sync"], cwd=cwd) as server:
+            assert request(server.address(), "/")[2] == b"file"
+            assert server.stop() == 0
+
+
+def test_misspelt_variable_is_warned_about() -> None:
+    result = run_gearshift(["-b", "localhost"], env=clean_env(GEARSHIFT_MAX_CHILDRN="3"))
+    _assert_error(result, 2, "bad bind address 'localhost'")
+    assert ("WARNING: GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; "
+            "did you mean GEARSHIFT_MAX_CHILDREN?") in result.stderr
 
 
 # -- subprocess: errors --------------------------------------------------------------------------
