@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Every option can also be set with an environment variable GEARSHIFT_<NAME> (shown in "
             "brackets); the command line wins. Flags take 1/0, true/false, yes/no or on/off; "
             "repeatable options take several values separated by spaces or commas. "
-            "MODULE:APP can be given as GEARSHIFT_APP."
+            "MODULE:APP can be given as GEARSHIFT_APP. Signals: SIGTERM and SIGINT stop gracefully, "
+            "SIGQUIT at once; SIGUSR1 reopens the access log; SIGHUP and SIGUSR2 are logged and ignored."
         ),
         allow_abbrev=False,  # plugins add options: an abbreviation must not change meaning
     )
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "app", nargs="?", metavar="MODULE:APP",
         help="the WSGI application: MODULE:NAME, MODULE:NAME.ATTR, MODULE:factory() or "
              "MODULE:factory('arg', key=1) (literal arguments); the current directory is "
-             "importable. Without it, a built-in demo app is served.",
+             "importable, and MODULE may be the path of a .py file (path/to/app.py:app). "
+             "Without it, a built-in demo app is served.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     where = parser.add_argument_group("where to listen")
