@@ -356,11 +356,11 @@ def _unknown_variables(parser: argparse.ArgumentParser, environ: Mapping[str, st
     known = {env_name("app")} | {
         env_name(a.dest) for a in parser._actions if a.option_strings and a.dest not in NOT_FROM_ENV
     }
+    # Compared without the prefix, which every name shares and would make any two look alike.
+    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
     warnings = []
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
-            # Compared without the prefix, which every name shares and would make any two alike.
-            suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
             close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
             hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else f" (see '{PROG} --help' for the variables)"
             warnings.append(f"{name} is not a gearshift setting and is ignored{hint}")
@@ -541,10 +541,9 @@ def _importable_name(file: str) -> tuple[str, str]:
     if not filename.endswith(".py"):
         raise CommandError(f"cannot import {file!r}: MODULE is a module name or the path of a .py file")
     directory, name = os.path.split(filename.removesuffix(".py"))
-    parts = [] if name == "__init__" else [name]
-    if name == "__init__":
+    if name == "__init__":  # a package's own file: import the package
         directory, name = os.path.split(directory)
-        parts.append(name)
+    parts = [name]
     while os.path.isfile(os.path.join(directory, "__init__.py")):
         directory, package = os.path.split(directory)
         parts.append(package)
