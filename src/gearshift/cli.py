@@ -527,7 +527,7 @@ def load_app(text: str) -> Callable[..., Any]:
             f"{spec.module}:{dotted} takes no arguments, so it is not a WSGI application; "
             f"if it is a factory, call it: '{spec.module}:{dotted}()'"
         )
-    return obj
+    return cast("Callable[..., Any]", obj)
 
 
 def _importable_name(file: str) -> tuple[str, str]:
@@ -877,6 +877,7 @@ def build_server(app: Any, strategy: type[Any], binds: list[Bind], options: dict
             server = make_server(f"unix:{first.path}", 0, app, strategy, ssl_context=ssl_context, umask=umask,
                                  **options)
         else:
+            assert first.host is not None and first.port is not None  # a TCP Bind has both
             server = make_server(first.host, first.port, app, strategy, ssl_context=ssl_context, **options)
     except (TypeError, ValueError) as exc:  # UnknownStrategyError too: a bad option or name
         raise UsageError(str(exc)) from None
