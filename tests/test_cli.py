@@ -871,6 +871,7 @@ ERROR_CASES = [
     ("bad-bind", ["-b", "localhost"], {}, 2, "bad bind address 'localhost'"),
     ("ipv6-without-brackets", ["-b", "::1:8000"], {}, 2, "put an IPv6 address in brackets"),
     ("negative-graceful-timeout", ["--graceful-timeout", "-1"], {}, 2, "--graceful-timeout must be >= 0"),
+    ("nan-graceful-timeout", ["--graceful-timeout", "nan"], {}, 2, "--graceful-timeout must be >= 0, not nan"),
     ("keyfile-alone", ["--keyfile", "k.pem"], {}, 2, "--keyfile needs --certfile"),
     ("certfile-missing", ["--certfile", "missing.pem"], {}, 1, "--certfile missing.pem: no such file or directory"),
     ("certfile-not-a-certificate", ["--certfile", "goodapp.py"], {}, 1, "--certfile goodapp.py: not a PEM certificate"),

@@ -805,7 +805,7 @@ def _read_pem(flag: str, path: str) -> str:
 
 
 def serve(args: argparse.Namespace, environ: Any) -> int:
-    if args.graceful_timeout < 0:
+    if not args.graceful_timeout >= 0:  # NaN too
         raise UsageError(f"{_source_name(args, 'graceful_timeout')} must be >= 0, not {args.graceful_timeout:g}")
     try:
         strategy = resolve_strategy(args.strategy)
