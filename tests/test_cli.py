@@ -726,6 +726,7 @@ def test_usr1_reopens_the_access_log(tmp_path: Path, strategy: str) -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy, "--access-log", str(log_path)]) as server:
         address = server.address()
         assert request(address, "/json?before")[0] == 200
+        _wait_for_text(log_path, "GET /json?before")  # written once the response is sent
         os.rename(log_path, rotated)  # what logrotate does, then its postrotate script sends USR1
         server.send(signal.SIGUSR1)
         server.wait_for(f"INFO: SIGUSR1: reopened the access log {log_path}")
@@ -734,6 +735,13 @@ def test_usr1_reopens_the_access_log(tmp_path: Path, strategy: str) -> None:
     old, new = rotated.read_text().splitlines(), log_path.read_text().splitlines()
     assert len(old) == 1 and "GET /json?before" in old[0], old
     assert len(new) == 1 and "GET /json?after" in new[0], new
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"no {text!r} in {path} within {timeout} s"
+        time.sleep(0.01)
 
 
 def test_usr1_without_an_access_log_file() -> None:
@@ -766,7 +774,7 @@ def test_sigquit_is_a_fast_stop(strategy: str) -> None:
 def test_fork_children_leave_the_signals_to_their_parent() -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "fork"]) as server:
         address = server.address()
-        slow = BackgroundRequest(address, "/slow?seconds=1.5")
+        slow = BackgroundRequest(address, "/slow?seconds=3")
         children = _wait_until_in_flight(server, "fork")
         assert children, server.stderr
         for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
