@@ -7,10 +7,12 @@ import argparse
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import textwrap
@@ -148,13 +150,23 @@ def test_parse_bind_rejects(text: str, message: str) -> None:
 )
 def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, call: object) -> None:
     spec = cli.parse_app_spec(text)
-    assert (spec.module, spec.path, spec.call) == (module, path, call)
+    assert (spec.module, spec.path, spec.call, spec.file) == (module, path, call, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "file", "path"),
+    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None), ("src/hello.py:app", "src/hello.py", ("app",)),
+     ("/srv/site/hello.py:create()", "/srv/site/hello.py", ("create",))],
+)
+def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...] | None) -> None:
+    spec = cli.parse_app_spec(text)
+    assert (spec.file, spec.module, spec.path) == (file, "hello", path)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("src/app.py:app", "did you mean 'src.app:app'"),
+        ("my-app:app", "expected MODULE:APP, e.g. myapp:app or myapp.py:app"),
         (":app", "expected MODULE:APP"),
         ("mod:app[0]", "not a name or a call"),
         ("mod:create_app(x)", "must be literals"),
@@ -209,11 +221,52 @@ def test_bad_environment_values_are_usage_errors(environ: dict[str, str], messag
         _args([], environ)
 
 
-def test_access_log_without_value_before_the_app() -> None:
-    assert (_args(["--access-log", "mod:app"]).app, _args(["--access-log", "mod:app"]).access_log) == ("mod:app", "-")
+def test_access_log_takes_a_value_and_refuses_to_guess(importable: Path) -> None:
+    args = _args(["--access-log", "-", "mod:app"])
+    assert (args.app, args.access_log) == ("mod:app", "-")
     args = _args(["mod:app", "--access-log", "/var/log/access.log"])
     assert (args.app, args.access_log) == ("mod:app", "/var/log/access.log")
-    assert _args(["--access-log"]).access_log == "-"
+    assert _args(["--access-log", "access.log"]).access_log == "access.log"  # no module 'access': a file
+    assert _args(["--access-log", "goodapp", "goodapp:app"]).access_log == "goodapp"  # the app is given
+    with pytest.raises(cli.UsageError, match=r"^argument --access-log: expected one argument \(a file name, or - for"):
+        _args(["--access-log"])
+    # "gearshift --access-log goodapp": a log file named goodapp while serving the demo, or the
+    # app goodapp? Refused, rather than guessed either way.
+    for value in ("goodapp", "goodapp:app", "mod:create_app()"):
+        with pytest.raises(cli.UsageError, match=rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"):
+            _args(["--access-log", value])
+    with pytest.raises(cli.UsageError, match="^GEARSHIFT_ACCESS_LOG takes a file name"):
+        _args([], {"GEARSHIFT_ACCESS_LOG": "goodapp"})
+
+
+def test_unknown_option_suggests_the_closest() -> None:
+    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"):
+        _args(["--max-chidren=4"])
+    with pytest.raises(cli.UsageError, match=r"did you mean --keep-alive-timeout\?$"):
+        _args(["mod:app", "--keepalive-timeout", "3"])
+    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --zzz$"):
+        _args(["--zzz"])
+
+
+def test_unknown_gearshift_variables_are_reported_with_the_closest_name() -> None:
+    args = _args([], {"GEARSHIFT_MAX_CHILDRN": "3", "GEARSHIFT_STRATEGY": "fork", "GEARSHIFT_ZZZ": "1"})
+    assert args.max_children is None
+    assert args._warnings == [
+        "GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; did you mean GEARSHIFT_MAX_CHILDREN?",
+        "GEARSHIFT_ZZZ is not a gearshift setting and is ignored (see 'gearshift --help' for the variables)",
+    ]
+
+
+@pytest.mark.parametrize(("text", "value"), [("007", 0o007), ("0o077", 0o077), ("0", 0), ("777", 0o777), ("22", 0o022)])
+def test_umask_is_octal(text: str, value: int) -> None:
+    assert _args(["--umask", text]).umask == value
+    assert _args([], {"GEARSHIFT_UMASK": text}).umask == value
+
+
+@pytest.mark.parametrize("text", ["8", "1000", "0x7", "-1", "", "rwx"])
+def test_umask_rejects(text: str) -> None:
+    with pytest.raises(cli.UsageError, match="expected an octal number from 0 to 777"):
+        _args([f"--umask={text}"])
 
 
 def test_listen_fds_reads_and_unsets_the_environment() -> None:
@@ -283,10 +336,10 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
         ("syntaxapp:app", r"error while importing 'syntaxapp': SyntaxError: .*syntaxapp.py, line 1"),
         ("goodapp:missing", "'goodapp' has no attribute 'missing'"),
         ("goodapp:holder.missing", "'goodapp.holder' has no attribute 'missing'"),
-        ("goodapp.py:app", "not a file: did you mean 'goodapp'"),
-        ("goodapp:NOT_CALLABLE", "goodapp:NOT_CALLABLE is a int, not callable"),
+        ("goodapp:NOT_CALLABLE", "goodapp:NOT_CALLABLE is an int, not callable"),
+        ("goodapp:holder.app.__name__", "is a str, not callable"),
         ("goodapp:NOTHING", "is None, not a WSGI application"),
-        ("goodapp:NOT_CALLABLE()", "is a int, not a factory"),
+        ("goodapp:NOT_CALLABLE()", "is an int, not a factory"),
         ("goodapp:failing_factory()", "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
         ("goodapp:create_app(1, 2, 3)", "failed: TypeError"),
         ("goodapp:failing_factory", "takes no arguments.*'goodapp:failing_factory\\(\\)'"),
@@ -295,6 +348,51 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
 def test_load_app_errors(importable: Path, spec: str, message: str) -> None:
     with pytest.raises(cli.CommandError, match=message):
         cli.load_app(spec)
+
+
+@pytest.fixture
+def restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("goodapp", "pkg", "pkg.web", "pkg.helpers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              restore_sys_path: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _body(cli.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
+    assert sys.path[0] == str(app_dir)  # its directory is importable, as for the file itself
+    # a file inside a package imports as part of it, so that its relative imports work
+    package = tmp_path / "site" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("BODY = b'from a package'\n")
+    (package / "web.py").write_text(textwrap.dedent("""
+        from .helpers import BODY
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", str(len(BODY)))])
+            return [BODY]
+    """))
+    assert _body(cli.load_app("site/pkg/web.py:app")) == b"from a package"
+    assert sys.modules["pkg.web"].__file__ == str(package / "web.py")
+
+
+def test_load_app_from_a_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restore_sys_path: None) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "json.py").write_text("def app(environ, start_response): return []\n")
+    (tmp_path / "my-app.py").write_text("")
+    (tmp_path / "dir.py").mkdir()
+    cases = [
+        ("nothere.py:app", "cannot import 'nothere.py': no such file"),
+        ("./dir.py:app", "cannot import './dir.py': is a directory"),
+        ("./my-app.py:app", "'my-app' is not a valid module name; rename the file"),
+        ("./json.py:app", "cannot import './json.py' as module 'json': that name is already another module"),
+        ("sub/app:app", "cannot import 'sub/app': no such file"),
+    ]
+    for spec, message in cases:
+        with pytest.raises(cli.CommandError, match=re.escape(message)):
+            cli.load_app(spec)
 
 
 # -- in-process: the demo app --------------------------------------------------------------------
@@ -416,7 +514,7 @@ def test_console_script_imports_from_the_current_directory(app_dir: Path) -> Non
 
 
 def test_access_log_to_stderr() -> None:
-    with GearshiftProcess(["-b", "127.0.0.1:0", "--access-log", "-s", "sync"]) as server:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "--access-log", "-", "-s", "sync"]) as server:
         request(server.address(), "/json?x=1")
         line = server.wait_for(r'"GET /json\?x=1 HTTP/1.1" 200 \d+')[0].string
         assert line.startswith("127.0.0.1 - - [")  # the bare common log format, no log prefix
@@ -453,16 +551,67 @@ def test_no_access_log_by_default() -> None:
     assert "GET /json" not in server.stderr
 
 
-def test_https(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """cert.pem and key.pem, other_key.pem (not cert.pem's), both.pem (cert then key) and
+    encrypted_key.pem (key.pem with a passphrase), made with the openssl command."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    directory = tmp_path_factory.mktemp("tls")
+    files = {name: directory / f"{name}.pem" for name in ("cert", "key", "other_key", "both", "encrypted_key")}
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=30,
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(files["key"]), "-out", str(files["cert"])],
+        check=True, capture_output=True, timeout=60,
     )
+    subprocess.run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", str(files["other_key"])], check=True, capture_output=True, timeout=60)
+    subprocess.run([openssl, "pkey", "-in", str(files["key"]), "-aes256", "-passout", "pass:secret",
+                    "-out", str(files["encrypted_key"])], check=True, capture_output=True, timeout=60)
+    files["both"].write_text(files["cert"].read_text() + files["key"].read_text())
+    return files
+
+
+def _tls_context(certfile: Path | str, keyfile: Path | str | None = None) -> ssl.SSLContext | None:
+    return cli.ssl_context_from(argparse.Namespace(certfile=str(certfile), keyfile=keyfile and str(keyfile)))
+
+
+def test_tls_certificate_and_key_load(tls_files: dict[str, Path]) -> None:
+    assert isinstance(_tls_context(tls_files["cert"], tls_files["key"]), ssl.SSLContext)
+    assert isinstance(_tls_context(tls_files["both"]), ssl.SSLContext)  # the key in the same file
+
+
+def test_tls_errors_say_which_file_and_what_is_wrong(tls_files: dict[str, Path], tmp_path: Path) -> None:
+    cert, key = tls_files["cert"], tls_files["key"]
+    der = tmp_path / "cert.der"
+    der.write_bytes(ssl.PEM_cert_to_DER_cert(cert.read_text()))
+    cases = [
+        # OpenSSL alone says "[SSL] PEM lib (_ssl.c:...)" for most of these
+        ((cert, None), f"--certfile {cert} holds no private key: give the key's file with --keyfile"),
+        ((tmp_path / "missing.pem", None), f"--certfile {tmp_path / 'missing.pem'}: no such file or directory"),
+        ((key, key), f"--certfile {key}: not a PEM certificate"),
+        ((der, key), f"--certfile {der}: not a PEM certificate"),
+        ((cert, tmp_path / "nokey.pem"), f"--keyfile {tmp_path / 'nokey.pem'}: no such file or directory"),
+        ((cert, cert), f"--keyfile {cert}: not a PEM private key"),
+        ((cert, tls_files["other_key"]),
+         f"the private key in --keyfile {tls_files['other_key']} does not match the certificate in {cert}"),
+        ((cert, tls_files["encrypted_key"]), f"--keyfile {tls_files['encrypted_key']}: the private key is encrypted"),
+    ]
+    for (certfile, keyfile), message in cases:
+        with pytest.raises(cli.CommandError) as caught:
+            _tls_context(certfile, keyfile)
+        assert str(caught.value).startswith(message), (certfile, keyfile, str(caught.value))
+
+
+def test_certificate_without_its_key_is_one_clear_line(tls_files: dict[str, Path]) -> None:
+    result = run_gearshift(["-b", "127.0.0.1:0", "--certfile", str(tls_files["cert"])])
+    _assert_error(result, 1, f"--certfile {tls_files['cert']} holds no private key: give the key's file with --keyfile")
+    assert "PEM lib" not in result.stderr
+
+
+def test_https(tls_files: dict[str, Path]) -> None:
+    cert, key = tls_files["cert"], tls_files["key"]
     args = ["-b", "127.0.0.1:0", "--certfile", str(cert), "--keyfile", str(key), "-s", "thread"]
     with GearshiftProcess(args) as server:
         (url,) = server.wait_ready()
@@ -556,6 +705,149 @@ def test_graceful_timeout_bounds_the_drain() -> None:
         slow.join(5)
 
 
+# -- subprocess: the other signals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["sync", "thread", "fork"])
+def test_hup_and_usr2_are_logged_and_ignored(strategy: str) -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
+        address = server.address()
+        for count, signum in enumerate((signal.SIGHUP, signal.SIGUSR2, signal.SIGHUP), 1):
+            server.send(signum)  # one at a time: two of the same pending at once are delivered once
+            server.wait_for(r"WARNING: SIG(HUP|USR2): strategy '\w+' does not support reload; ignored", count=count)
+            assert request(address, "/json")[0] == 200
+        assert f"SIGUSR2: strategy '{strategy}' does not support reload; ignored" in server.stderr
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("strategy", ["thread", "fork"])
+def test_usr1_reopens_the_access_log(tmp_path: Path, strategy: str) -> None:
+    log_path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy, "--access-log", str(log_path)]) as server:
+        address = server.address()
+        assert request(address, "/json?before")[0] == 200
+        _wait_for_text(log_path, "GET /json?before")  # written once the response is sent
+        os.rename(log_path, rotated)  # what logrotate does, then its postrotate script sends USR1
+        server.send(signal.SIGUSR1)
+        server.wait_for(f"INFO: SIGUSR1: reopened the access log {log_path}")
+        assert request(address, "/json?after")[0] == 200
+        assert server.stop() == 0
+    old, new = rotated.read_text().splitlines(), log_path.read_text().splitlines()
+    assert len(old) == 1 and "GET /json?before" in old[0], old
+    assert len(new) == 1 and "GET /json?after" in new[0], new
+
+
+def _wait_for_text(path: Path, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, f"no {text!r} in {path} within {timeout} s"
+        time.sleep(0.01)
+
+
+def test_usr1_without_an_access_log_file() -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "sync", "--access-log", "-"]) as server:
+        address = server.address()
+        server.send(signal.SIGUSR1)
+        server.wait_for("SIGUSR1: no access-log file to reopen")
+        assert request(address, "/json")[0] == 200
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("strategy", ["thread", "fork"])
+def test_sigquit_is_a_fast_stop(strategy: str) -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
+        address = server.address()
+        slow = BackgroundRequest(address, "/slow?seconds=30")
+        children = _wait_until_in_flight(server, strategy)
+        server.send(signal.SIGQUIT)
+        # far less than the 30 s drain a SIGTERM would allow, and the 30 s the request takes
+        assert server.wait(20) == 0, server.stderr
+        note = ", killed 1 worker" if strategy == "fork" else ""
+        assert f"WARNING: SIGQUIT: fast stop: stopped accepting{note}; in-flight requests are cut off" in server.stderr
+        assert "gearshift 0.1.0: stopped" in server.stderr and "Traceback" not in server.stderr
+        slow.join(10)
+        assert slow.result is None, slow.result
+        assert not [pid for pid in children if is_alive(pid)]
+        assert port_is_free(*address)
+
+
+def test_fork_children_leave_the_signals_to_their_parent() -> None:
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "fork"]) as server:
+        address = server.address()
+        slow = BackgroundRequest(address, "/slow?seconds=3")
+        children = _wait_until_in_flight(server, "fork")
+        assert children, server.stderr
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT):
+            os.kill(children[0], signum)  # as `killall -HUP gearshift` does: children match too
+        slow.join(15)
+        assert slow.error is None and slow.result is not None and slow.result[0] == 200, (slow.error, server.stderr)
+        assert "SIGHUP" not in server.stderr and "SIGQUIT" not in server.stderr  # the child said nothing
+        assert request(address, "/json")[0] == 200
+        assert server.stop() == 0
+
+
+SLOW_IMPORT = """
+import os, sys, time
+sys.stderr.write("importing slowapp\\n")
+sys.stderr.flush()
+while not os.path.exists(os.environ["SLOWAPP_GO"]):
+    time.sleep(0.01)
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"ok"]
+"""
+
+
+def test_signals_while_the_application_imports(tmp_path: Path) -> None:
+    write_module(tmp_path, "slowapp", SLOW_IMPORT)
+    go = tmp_path / "go"
+    env = clean_env(SLOWAPP_GO=str(go))
+    with GearshiftProcess(["slowapp:app", "-b", "127.0.0.1:0", "-s", "sync"], cwd=tmp_path, env=env) as server:
+        server.wait_for("importing slowapp")
+        server.send(signal.SIGHUP)  # acted on once serving begins
+        go.touch()
+        server.wait_ready()
+        server.wait_for("SIGHUP: strategy 'sync' does not support reload; ignored")
+        assert request(server.address(), "/")[2] == b"ok"
+        assert server.stop() == 0
+    go.unlink()
+    with GearshiftProcess(["slowapp:app", "-b", "127.0.0.1:0", "-s", "sync"], cwd=tmp_path, env=env) as server:
+        server.wait_for("importing slowapp")
+        server.send(signal.SIGTERM)
+        assert server.wait() == 128 + signal.SIGTERM
+        assert "gearshift: error: SIGTERM before serving began: not started" in server.stderr
+        assert "Traceback" not in server.stderr
+
+
+# -- subprocess: Unix socket permissions, files as MODULE, warnings --------------------------------
+
+
+def test_umask_sets_the_mode_of_the_unix_sockets(tmp_path: Path) -> None:
+    paths = [tmp_path / "first.sock", tmp_path / "second.sock"]
+    binds = [arg for path in paths for arg in ("-b", f"unix:{path}")]
+    for args, env, mode in [(["--umask", "077"], {}, 0o700), ([], {"GEARSHIFT_UMASK": "007"}, 0o770)]:
+        with GearshiftProcess([*binds, "-s", "sync", *args], env=clean_env(**env)) as server:
+            server.wait_ready(2)
+            assert [stat.S_IMODE(os.stat(path).st_mode) for path in paths] == [mode, mode]
+            assert request(str(paths[1]), "/json")[0] == 200
+            assert server.stop() == 0
+
+
+def test_module_given_as_a_file(app_dir: Path, tmp_path: Path) -> None:
+    for spec, cwd in [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]:
+        with GearshiftProcess([spec, "-b", "127.0.0.1:0", "-s", "sync"], cwd=cwd) as server:
+            assert request(server.address(), "/")[2] == b"file"
+            assert server.stop() == 0
+
+
+def test_misspelt_variable_is_warned_about() -> None:
+    result = run_gearshift(["-b", "localhost"], env=clean_env(GEARSHIFT_MAX_CHILDRN="3"))
+    _assert_error(result, 2, "bad bind address 'localhost'")
+    assert ("WARNING: GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; "
+            "did you mean GEARSHIFT_MAX_CHILDREN?") in result.stderr
+
+
 # -- subprocess: errors --------------------------------------------------------------------------
 
 
@@ -566,26 +858,36 @@ ERROR_CASES = [
      "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
     ("syntax-error", ["syntaxapp:app"], {}, 1, "SyntaxError"),
     ("attribute-missing", ["goodapp:missing"], {}, 1, "'goodapp' has no attribute 'missing'"),
-    ("not-callable", ["goodapp:NOT_CALLABLE"], {}, 1, "goodapp:NOT_CALLABLE is a int, not callable"),
+    ("not-callable", ["goodapp:NOT_CALLABLE"], {}, 1, "goodapp:NOT_CALLABLE is an int, not callable"),
     ("factory-fails", ["goodapp:failing_factory()"], {}, 1, "RuntimeError: the factory broke"),
-    ("app-as-a-file", ["goodapp.py:app"], {}, 1, "not a file: did you mean 'goodapp'"),
+    ("app-file-missing", ["nothere.py:app"], {}, 1, "cannot import 'nothere.py': no such file"),
     ("bad-app-syntax", ["goodapp:app[0]"], {}, 2, "is not a name or a call"),
     ("unknown-strategy", ["-s", "nope"], {}, 2, "unknown strategy 'nope'; available strategies: fork, sync, thread"),
-    ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, "max_children must be a whole number >= 1"),
+    ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, ": --max-children must be a whole number >= 1"),
+    ("bad-option-value-from-env", ["-s", "fork"], {"GEARSHIFT_MAX_CHILDREN": "0"}, 2,
+     ": GEARSHIFT_MAX_CHILDREN must be a whole number >= 1, not 0"),
     ("option-of-another-strategy", ["-s", "thread", "--max-children", "4"], {}, 2,
      "--max-children (GEARSHIFT_MAX_CHILDREN) does not apply to strategy 'thread', whose options are: "
      "block_on_close, daemon_threads"),
     ("flag-of-another-strategy", ["-s", "sync"], {"GEARSHIFT_DAEMON_THREADS": "1"}, 2,
      "--daemon-threads (GEARSHIFT_DAEMON_THREADS) does not apply to strategy 'sync', whose options are: none"),
-    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, "keep_alive_timeout must be a number of seconds >= 0"),
+    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, ": --keep-alive-timeout must be a number of seconds >= 0"),
     ("not-a-number", ["--max-children", "lots"], {}, 2, "argument --max-children: invalid int value: 'lots'"),
     ("unknown-option", ["--bogus"], {}, 2, "unrecognized arguments: --bogus"),
+    ("misspelt-option", ["--max-chidren", "4"], {}, 2, "unrecognized arguments: --max-chidren; did you mean --max-children?"),
     ("bad-env-value", [], {"GEARSHIFT_MAX_CHILDREN": "lots"}, 2, "GEARSHIFT_MAX_CHILDREN: invalid value 'lots'"),
     ("bad-bind", ["-b", "localhost"], {}, 2, "bad bind address 'localhost'"),
     ("ipv6-without-brackets", ["-b", "::1:8000"], {}, 2, "put an IPv6 address in brackets"),
     ("negative-graceful-timeout", ["--graceful-timeout", "-1"], {}, 2, "--graceful-timeout must be >= 0"),
+    ("nan-graceful-timeout", ["--graceful-timeout", "nan"], {}, 2, "--graceful-timeout must be >= 0, not nan"),
     ("keyfile-alone", ["--keyfile", "k.pem"], {}, 2, "--keyfile needs --certfile"),
-    ("certfile-missing", ["--certfile", "missing.pem"], {}, 1, "cannot load the TLS certificate missing.pem"),
+    ("certfile-missing", ["--certfile", "missing.pem"], {}, 1, "--certfile missing.pem: no such file or directory"),
+    ("certfile-not-a-certificate", ["--certfile", "goodapp.py"], {}, 1, "--certfile goodapp.py: not a PEM certificate"),
+    ("access-log-without-value", ["--access-log"], {}, 2, "expected one argument (a file name, or - for stderr)"),
+    ("access-log-or-app", ["--access-log", "goodapp"], {}, 2,
+     "--access-log takes a file name (or - for stderr) and no MODULE:APP was given: is 'goodapp' the application?"),
+    ("bad-umask", ["--umask", "8"], {}, 2, "argument --umask: expected an octal number from 0 to 777"),
+    ("bad-umask-env", [], {"GEARSHIFT_UMASK": "0o1000"}, 2, "GEARSHIFT_UMASK: invalid value '0o1000'"),
     ("access-log-unwritable", ["--access-log", "/nonexistent-dir/access.log"], {}, 1,
      "cannot open access log /nonexistent-dir/access.log: no such file or directory"),
     ("fd-not-open", ["--fd", "987"], {}, 1, "--fd 987: descriptor 987: bad file descriptor"),
@@ -699,7 +1001,7 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
         assert request(server.address(), "/json")[0] == 200
         assert server.stop() == 0
     assert "connections served" not in server.stderr
-    _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, "log_every must be")
+    _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
 
 
 def test_example_strategy_serves_a_burst_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,11 +56,13 @@ def family_for(address: Any) -> socket.AddressFamily:
 
 def create_listener(address: Any, *, reuse_address: bool = True, reuse_port: bool = False,
                     backlog: int = DEFAULT_BACKLOG, bind_and_activate: bool = True,
-                    family: int | None = None, socket_type: int = socket.SOCK_STREAM) -> socket.socket:
+                    family: int | None = None, socket_type: int = socket.SOCK_STREAM,
+                    umask: int | None = None) -> socket.socket:
     """A non-blocking listening socket bound to ``address``.
 
     ``family`` defaults to the address's (:func:`family_for`); ``socket_type`` must be ``SOCK_STREAM``.
     With ``bind_and_activate=False`` the socket is created but not bound, as in socketserver.
+    ``umask`` sets a Unix socket's permission bits (see :func:`bind`).
     """
     if socket_type != socket.SOCK_STREAM:
         raise ValueError(f"gearshift serves stream sockets only (SOCK_STREAM), not socket type {socket_type!r}")
@@ -74,7 +76,7 @@ def create_listener(address: Any, *, reuse_address: bool = True, reuse_port: boo
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if bind_and_activate:
-            bind(sock, address)
+            bind(sock, address, umask=umask)
             sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
@@ -83,11 +85,32 @@ def create_listener(address: Any, *, reuse_address: bool = True, reuse_port: boo
     return sock
 
 
-def bind(sock: socket.socket, address: Any) -> None:
-    """Bind ``sock``; for Unix sockets, first remove a stale socket file nobody listens on."""
-    if sock.family == socket.AF_UNIX:
-        _remove_stale_unix_socket(os.fsdecode(address))
-    sock.bind(os.fsdecode(address) if sock.family == socket.AF_UNIX else address)
+def bind(sock: socket.socket, address: Any, *, umask: int | None = None) -> None:
+    """Bind ``sock``; for Unix sockets, first remove a stale socket file nobody listens on.
+
+    With ``umask``, a Unix socket file gets the mode ``0o777 & ~umask`` (connecting needs write
+    permission, so 0o007 lets the owner and group connect); it is ignored for TCP.
+    """
+    if sock.family != socket.AF_UNIX:
+        sock.bind(address)
+        return
+    path = os.fsdecode(address)
+    _remove_stale_unix_socket(path)
+    sock.bind(path)
+    if umask is not None:
+        # chmod after bind, not os.umask() around it: the umask is process-wide, and another
+        # thread creating a file meanwhile would get this one. Nobody can connect in between,
+        # since the socket is not listening yet.
+        os.chmod(path, 0o777 & ~umask)
+
+
+def check_umask(umask: object) -> int | None:
+    """``umask`` if it is None or an int from 0 to 0o777; ValueError otherwise."""
+    if umask is None:
+        return None
+    if isinstance(umask, bool) or not isinstance(umask, int) or not 0 <= umask <= 0o777:
+        raise ValueError(f"umask must be None or an int from 0 to 0o777 (e.g. 0o007), not {umask!r}")
+    return umask
 
 
 def _remove_stale_unix_socket(path: str) -> None:

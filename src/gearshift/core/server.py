@@ -41,6 +41,7 @@ from .listeners import (
     TRANSIENT_ACCEPT_ERRORS,
     Waker,
     bind,
+    check_umask,
     create_listener,
 )
 from .plugins import resolve_strategy
@@ -68,6 +69,7 @@ class Server:
     does not accept raises ``TypeError`` listing the ones it does. ``listener`` adopts an
     already-bound listening socket instead of binding ``server_address`` (socket activation,
     ``--fd``). ``drain_timeout`` bounds how long ``server_close()`` waits for in-flight requests.
+    ``umask`` sets the mode of a Unix socket the server binds to ``0o777 & ~umask``.
     """
 
     # socketserver's class attributes, read when the server creates its listener: override them
@@ -93,12 +95,15 @@ class Server:
         bind_and_activate: bool = True,
         listener: socket.socket | None = None,
         drain_timeout: float | None = None,
+        umask: int | None = None,
         **options: Any,
     ) -> None:
         strategy_class = resolve_strategy(strategy)
         strategy_class.check_options(options)
         self.RequestHandlerClass = RequestHandlerClass
         self.drain_timeout = _check_drain_timeout(drain_timeout)
+        #: Permission bits of a Unix socket this server binds: ``0o777 & ~umask`` (see bind()).
+        self.umask = check_umask(umask)
         self.server_address = server_address
         self.listeners: list[socket.socket] = []
         self._unix_paths: list[tuple[str, int, int]] = []  # (path, inode, creator pid) to unlink
@@ -161,7 +166,7 @@ class Server:
 
     def server_bind(self) -> None:
         """Bind the first listener to ``server_address`` and record the real address."""
-        bind(self.socket, self.server_address)
+        bind(self.socket, self.server_address, umask=self.umask)
         self.server_address = self.socket.getsockname()
         self._remember_unix_path(self.socket)
 

@@ -78,6 +78,7 @@ class WSGIServer(Server):
         ssl_context: ssl_module.SSLContext | None = None,
         listener: socket.socket | None = None,
         drain_timeout: float | None = None,
+        umask: int | None = None,
         **strategy_options: Any,
     ) -> None:
         if not callable(app):
@@ -95,7 +96,7 @@ class WSGIServer(Server):
         self.pending_connections: weakref.WeakKeyDictionary[socket.socket, Connection] = weakref.WeakKeyDictionary()
         super().__init__(
             server_address, request_handler or WSGIRequestHandler, strategy,
-            listener=listener, drain_timeout=drain_timeout, **strategy_options,
+            listener=listener, drain_timeout=drain_timeout, umask=umask, **strategy_options,
         )
         for sock in self.listeners:
             self._defer_accept(sock)
@@ -181,6 +182,7 @@ def make_server(
     ssl_context: ssl_module.SSLContext | None = None,
     fd: int | None = None,
     drain_timeout: float | None = None,
+    umask: int | None = None,
     **options: Any,
 ) -> WSGIServer:
     """Serve ``app`` over HTTP/1.1 on ``host:port`` with the named concurrency strategy.
@@ -192,7 +194,9 @@ def make_server(
     ``max_header_block``, ``max_body_size``); a name that is neither raises ``TypeError`` listing
     both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
     (see ``server.server_address``). ``fd`` adopts an already-bound listening socket, as
-    werkzeug's ``fd=`` does. Call ``serve_forever()`` on the result.
+    werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it binds to
+    ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). Call
+    ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
     _check_options(strategy_class, options)
@@ -207,7 +211,7 @@ def make_server(
         address = (host, port)
     return WSGIServer(
         address, app, strategy_class, config=config, request_handler=request_handler,
-        ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, **options,
+        ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, umask=umask, **options,
     )
 
 
