@@ -143,6 +143,19 @@ _CLOSED = 4  # after a request that ends the connection, or after EOF: bytes are
 _DEAD = 5  # after an HTTPError
 _SYNTHETIC = 6  # llhttp is parsing the synthetic head of _after_upgrade
 
+# Where a chunked body is (the _CHUNKED state); _remaining counts data or CRLF bytes still due.
+_CK_SIZE = 0  # in a chunk-size line (the partial line is in _buf)
+_CK_DATA = 1  # in chunk data
+_CK_CRLF = 2  # in the CRLF after chunk data
+_CK_TRAILER = 3  # after the last chunk: llhttp parses the trailer section
+
+_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+#: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+#: value = token / quoted-string (RFC 9112 §7.1.1).
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*\r\n" % (_TCHAR, _TCHAR, _QUOTED_STRING)
+)
+
 
 class Request:
     """One parsed request head, plus its body as it arrives.
@@ -247,6 +260,7 @@ class RequestParser:
         "_rl_end",
         "_tail",
         "_run",
+        "_chunk",
     )
 
     def __init__(self, limits: ProtocolLimits = ProtocolLimits()) -> None:
@@ -272,8 +286,9 @@ class RequestParser:
         self._remaining = 0
         self._buf = bytearray()  # a partial head
         self._reset_partial()
-        self._tail = b""  # the last (up to 3) chunked-body bytes given to llhttp
-        self._run = 0  # chunked-body bytes given to llhttp since it last produced body data
+        self._chunk = _CK_SIZE  # where a chunked body is (_CHUNKED state)
+        self._tail = b""  # the last (up to 3) trailer-section bytes given to llhttp
+        self._run = 0  # trailer-section bytes given to llhttp
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -498,9 +513,66 @@ class RequestParser:
             raise HTTPError(400, "malformed request head")
 
     def _feed_chunked(self, data: bytes, view: memoryview, pos: int, n: int) -> int:
-        """Give llhttp chunked-body bytes up to the next CRLFCRLF (where the body may end)."""
+        """Decode chunked-body bytes from ``pos``; return where this step stopped.
+
+        Chunk-size lines and chunk data are decoded here (llhttp refuses the whitespace RFC 9112
+        allows around chunk extensions); the last chunk and the trailer section go to llhttp,
+        which validates the trailer fields and ends the message.
+        """
+        phase = self._chunk
+        if phase == _CK_DATA:
+            take = self._remaining
+            if take > n - pos:
+                take = n - pos
+            self._remaining -= take
+            if not self._remaining:
+                self._chunk = _CK_CRLF
+                self._remaining = 2
+            self._on_body(view[pos : pos + take])
+            return pos + take
+        if phase == _CK_CRLF:
+            while pos < n and self._remaining:
+                if data[pos] != (13 if self._remaining == 2 else 10):
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                self._remaining -= 1
+                pos += 1
+            if not self._remaining:
+                self._chunk = _CK_SIZE
+            return pos
+        if phase == _CK_SIZE:
+            buf = self._buf
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                buf += data[pos:]
+                if len(buf) > self._max_header_block:
+                    raise HTTPError(431, "a chunk-size line is too large")
+                return n
+            end = nl + 1
+            line = bytes(buf) + data[pos:end] if buf else data[pos:end]
+            self._buf = bytearray()
+            if len(line) > self._max_header_block:
+                raise HTTPError(431, "a chunk-size line is too large")
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                if line[-2:] != b"\r\n":
+                    raise HTTPError(400, "bare LF in chunk framing (only CRLF ends a line)")
+                raise HTTPError(400, "malformed chunk-size line")
+            digits = match.group(1).lstrip(b"0")
+            if len(digits) > 16 or (digits and int(digits, 16) > _MAX_CONTENT_LENGTH):
+                raise HTTPError(400, "chunk size out of range")
+            if digits:
+                self._chunk = _CK_DATA
+                self._remaining = int(digits, 16)
+            else:
+                # The last chunk (its extensions dropped): llhttp parses the trailer section.
+                self._chunk = _CK_TRAILER
+                self._tail = b"0\r\n"
+                self._run = 0
+                self._ll_feed(b"0\r\n")
+            return end
+        # _CK_TRAILER: give llhttp the trailer section up to the next CRLFCRLF (where it may end).
         tail = self._tail
-        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n") if tail else -1
+        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
         if end >= 0:
             end += pos + 4 - len(tail)
         else:
@@ -508,23 +580,21 @@ class RequestParser:
             end = n if end < 0 else end + 4
         if end - pos > self._max_header_block:  # bounds the error of the run count below
             end = pos + self._max_header_block
-        request = self._cur
-        received = request.body_received
         self._ll_feed(view[pos:end])
         if self._state == _CHUNKED:
             self._tail = (tail + data[pos:end])[-3:] if end - pos < 3 else data[end - 3 : end]
-            # Bytes since llhttp last produced body data: chunk framing, or the trailer section.
-            # Counted per piece, so a run is refused at most 2 * max_header_block bytes long.
-            if request.body_received == received:
-                self._run += end - pos
-                if self._run > self._max_header_block:
-                    raise HTTPError(431, "the chunked body's trailer section or chunk metadata is too large")
-            else:
-                self._run = 0
-        else:
-            self._tail = b""
-            self._run = 0
+            # Counted per piece, so a trailer section is refused at most 2 * max_header_block long.
+            self._run += end - pos
+            if self._run > self._max_header_block:
+                raise HTTPError(431, "the chunked body's trailer section is too large")
         return end
+
+    def _start_chunked(self) -> None:
+        self._state = _CHUNKED
+        self._chunk = _CK_SIZE
+        self._buf = bytearray()
+        self._run = 0
+        self._tail = b""
 
     def _ll_feed(self, data: bytes | memoryview) -> None:
         """Give llhttp body bytes."""
@@ -549,6 +619,7 @@ class RequestParser:
         if request.chunked:
             synthetic = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             state = _CHUNKED
+            self._start_chunked()
         elif request.content_length:
             synthetic = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % request.content_length
             state = _BODY
@@ -640,9 +711,7 @@ class RequestParser:
                     raise HTTPError(400, "chunked is applied more than once")
                 raise HTTPError(501, "transfer codings other than chunked are not supported")
             request.chunked = True
-            self._state = _CHUNKED
-            self._run = 0
-            self._tail = b""
+            self._start_chunked()
         elif length is not None:
             if not length.isdigit():
                 raise HTTPError(400, "invalid Content-Length")
@@ -661,7 +730,7 @@ class RequestParser:
             self._state = _HEAD
         self.requests.append(request)
 
-    def _on_body(self, data: bytes) -> None:
+    def _on_body(self, data: bytes | memoryview) -> None:
         request = self._cur
         request.body += data
         request.body_received += len(data)
