@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from corpus import MALFORMED, VALID, VALID_PIPELINES, Case, Valid
 from gearshift.http.errors import HTTPError, ProtocolLimits
-from gearshift.http.parser import Request, RequestParser
+from gearshift.http.parser import SINGLETON_FIELDS, Request, RequestParser
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -833,3 +833,15 @@ def test_chunk_size_line_limit() -> None:
     endless = head + b"3" + b" ;a" * 1000
     for chunks in ([endless], split_every(endless, 1), split_every(endless, 37)):
         assert outcome(endless, chunks, ProtocolLimits(max_header_block=limit), eof=False)[:2] == ("error", 431)
+
+
+@pytest.mark.parametrize("name", SINGLETON_FIELDS)
+def test_singleton_fields_repeated_are_refused(name: bytes) -> None:
+    once = b"GET / HTTP/1.1\r\nHost: x\r\n%s: 1\r\nX: y\r\n\r\n" % name.title()
+    assert parse_one(once).headers[1] == (name.title(), b"1")
+    twice = b"GET / HTTP/1.1\r\nHost: x\r\n%s: 1\r\nX: y\r\n%s: 1\r\n\r\n" % (name.title(), name.upper())
+    parser = RequestParser()
+    with pytest.raises(HTTPError) as caught:
+        parser.feed(twice)
+    assert caught.value.status == 400
+    assert name.decode() in caught.value.reason.lower()

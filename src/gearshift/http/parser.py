@@ -106,18 +106,29 @@ _LLHTTP_METHODS = {
     )
 }
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
+#: Request fields that RFC 9110 defines as one value, not a comma-separated list, so they may
+#: appear only once (RFC 9110 §5.3): a repeat cannot be combined, and two readers of the message
+#: (a proxy taking the first, the application the last) would disagree. More than one line is a
+#: 400. ``Host`` and ``Content-Length`` are refused by their own rules. Response-only singletons
+#: (Location, ETag, ...) do not concern a server.
+SINGLETON_FIELDS = (
+    b"authorization", b"content-location", b"content-range", b"content-type", b"date", b"from",
+    b"if-modified-since", b"if-range", b"if-unmodified-since", b"max-forwards",
+    b"proxy-authorization", b"range", b"referer", b"user-agent",
+)
 _HOST_H, _CL_H, _TE_H, _CONN_H, _EXPECT_H = range(1, 6)
+_SINGLE_H = 8  # SINGLETON_FIELDS[i] has kind _SINGLE_H + i (a bit in a mask of those seen)
 _SPECIAL = {
     b"host": _HOST_H,
     b"content-length": _CL_H,
     b"transfer-encoding": _TE_H,
     b"connection": _CONN_H,
     b"expect": _EXPECT_H,
+    **{name: _SINGLE_H + i for i, name in enumerate(SINGLETON_FIELDS)},
 }
+_SINGLE_NAMES = {_SINGLE_H + i: name.decode("ascii").title() for i, name in enumerate(SINGLETON_FIELDS)}
 #: _SPECIAL plus the usual spellings of common header names, to skip most ``name.lower()``s.
 _KIND = {
-    **_SPECIAL,
-    **{name.title(): kind for name, kind in _SPECIAL.items()},
     **{
         spelling: 0
         for name in (
@@ -131,6 +142,8 @@ _KIND = {
         )
         for spelling in (name, name.title())
     },
+    **_SPECIAL,
+    **{name.title(): kind for name, kind in _SPECIAL.items()},
 }
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -652,13 +665,19 @@ class RequestParser:
         length: bytes | None = None
         codings: list[bytes] | None = None
         close = keep = False
+        singles = 0
         for name, value in headers:
             kind = _KIND.get(name)
             if kind is None:
                 kind = _SPECIAL.get(name.lower())
             if not kind:
                 continue
-            if kind == _HOST_H:
+            if kind >= _SINGLE_H:
+                bit = 1 << kind
+                if singles & bit:
+                    raise HTTPError(400, f"more than one {_SINGLE_NAMES[kind]} header")
+                singles |= bit
+            elif kind == _HOST_H:
                 hosts += 1
                 host = value
             elif kind == _CL_H:
