@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["HTTPError", "ProtocolLimits"]
+__all__ = ["HTTPError", "ProtocolLimits", "RequestTimeout"]
 
 
 class HTTPError(Exception):
@@ -44,6 +44,19 @@ class HTTPError(Exception):
 
     def __repr__(self) -> str:
         return f"HTTPError({self.status!r}, {self.reason!r})"
+
+
+class RequestTimeout(HTTPError, TimeoutError):
+    """408: the client did not send the request (its head or its body) in time.
+
+    Also a :class:`TimeoutError`, so an application whose ``wsgi.input.read()`` raises it sees
+    the ``OSError`` a timed-out socket read raises anywhere else, and never a short body.
+    """
+
+    def __init__(self, reason: str) -> None:
+        TimeoutError.__init__(self, reason)
+        self.status = 408
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
