@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-import gearshift
 from apps import app
 from client import STRATEGIES, Client, server_process, status_of, wait_until
+
+import gearshift
 from gearshift.http.errors import HTTPError, RequestTimeout
 from gearshift.http.server import HTTPConfig
 
@@ -149,15 +149,14 @@ def test_fast_enough_clients_are_not_cut_off(strategy):
     # Slow but above the minimum rates: every wait is short, and the totals grow with the bytes.
     options = {"head_timeout": 5, "body_timeout": 0.5, "min_body_rate": 1, "send_timeout": 0.5,
                "min_send_rate": 1}
-    with server_process(strategy, options) as proc:
-        with Client(proc.port, timeout=GIVE_UP) as c:
-            c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n")
-            for _ in range(30):  # about 20 bytes per second, over 1.5 s: past the 0.5 s grace
-                c.send(b"y")
-                time.sleep(TRICKLE)
-            r = c.response()
-            assert r.status == 200 and r.body == b"y" * 30
-            assert c.request("GET", "/length?n=300000").body == b"x" * 300000
+    with server_process(strategy, options) as proc, Client(proc.port, timeout=GIVE_UP) as c:
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n")
+        for _ in range(30):  # about 20 bytes per second, over 1.5 s: past the 0.5 s grace
+            c.send(b"y")
+            time.sleep(TRICKLE)
+        r = c.response()
+        assert r.status == 200 and r.body == b"y" * 30
+        assert c.request("GET", "/length?n=300000").body == b"x" * 300000
 
 
 def test_request_timeout_is_an_httperror_and_a_timeouterror():

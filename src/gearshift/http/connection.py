@@ -81,7 +81,7 @@ class _Pace:
     that trickles a byte just before each wait would time out is, once its credit runs out.
     """
 
-    __slots__ = ("each", "rate", "waited", "done")
+    __slots__ = ("done", "each", "rate", "waited")
 
     def __init__(self, each: float, rate: float) -> None:
         self.each = each
@@ -100,7 +100,7 @@ class _Pace:
         left = self.each + self.done / self.rate - self.waited
         if left >= self.each:
             return self.each
-        return left if left > 0.0 else 0.0
+        return max(left, 0.0)
 
 
 class WSGIRequestHandler(socketserver.BaseRequestHandler):

@@ -534,9 +534,7 @@ class RequestParser:
         """
         phase = self._chunk
         if phase == _CK_DATA:
-            take = self._remaining
-            if take > n - pos:
-                take = n - pos
+            take = min(self._remaining, n - pos)
             self._remaining -= take
             if not self._remaining:
                 self._chunk = _CK_CRLF
