@@ -72,9 +72,8 @@ class ProtocolLimits:
     * ``max_headers`` — number of header field lines. Over it: 431.
     * ``max_header_block`` — total size of the header field lines, each counted with its CRLF
       (the request line and the empty line ending the head are not counted). Over it: 431.
-      Also bounds a chunked body's trailer section, and any run of chunk metadata between two
-      pieces of body data (measured per piece fed to llhttp: a run is refused by the time it
-      is twice this long).
+      Also bounds each chunk-size line of a chunked body (with its extensions), and its trailer
+      section (measured per piece fed to llhttp: refused by the time it is twice this long).
     * ``max_body_size`` — body bytes: a declared ``Content-Length`` over it is refused as soon as
       the head is parsed, a chunked body as soon as the decoded data passes it. ``None`` means
       unlimited; ``0`` allows only empty bodies. Over it: 413.

@@ -13,9 +13,13 @@ How the work is split
   waiting for a line end. The complete head is checked (limits, request line) and then given to
   llhttp in one call; llhttp validates header syntax and ``Content-Length``/
   ``Transfer-Encoding`` framing. Header fields are then extracted from the head with one regex.
-* **Bodies are decoded by llhttp.** A ``Content-Length`` body is fed to llhttp exactly up to its
-  end; a chunked body is fed up to each ``CRLF CRLF`` (a chunked message can only end there), so
-  llhttp never sees a byte of the next request and the next head is framed here again.
+* **Content-Length bodies are decoded by llhttp**, fed exactly up to their end, so llhttp never
+  sees a byte of the next request and the next head is framed here again.
+* **Chunked bodies are decoded here, their trailers by llhttp.** Chunk-size lines and chunk data
+  are decoded here, because llhttp refuses the whitespace RFC 9112 allows in chunk extensions;
+  llhttp is then given the last chunk (``0`` CRLF, its extensions dropped) and the trailer
+  section up to each ``CRLF CRLF`` (where the message may end), validates the trailer fields
+  and ends the message.
 
 Decisions (RFC 9112 / RFC 9110 leave a choice)
 ----------------------------------------------
@@ -37,6 +41,12 @@ Decisions (RFC 9112 / RFC 9110 leave a choice)
   are delivered as such, and the application answers 405/501 itself. llhttp only knows a fixed
   list of methods, so for any other method llhttp is shown ``GET`` in its place (the method does
   not change request framing in HTTP/1.1, except for ``CONNECT``).
+* **Chunk extensions** are accepted and ignored, with BWS around ``;`` and ``=`` and
+  quoted-string values (RFC 9112 §7.1.1); a chunk-size line outside that grammar (including
+  trailing whitespace or an empty value) is a 400, and one longer than ``max_header_block`` a
+  431.
+* **Singleton fields:** a repeated field of :data:`SINGLETON_FIELDS` (``Content-Type``,
+  ``Authorization``, ``Range``, ...: fields RFC 9110 defines as one value, not a list) is a 400.
 * **CONNECT:** 501 (this server does not tunnel).
 * **Upgrade:** ``Upgrade``/``Connection: upgrade`` are ignored; the request is an ordinary
   request (with its body, if it declares one) and stays on HTTP/1.1. The headers are still
@@ -77,7 +87,7 @@ from httptools import HttpParserError, HttpParserUpgrade
 
 from .errors import HTTPError, ProtocolLimits
 
-__all__ = ["Request", "RequestParser"]
+__all__ = ["SINGLETON_FIELDS", "Request", "RequestParser"]
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(rb"[%s]+" % _TCHAR)
