@@ -543,6 +543,33 @@ class RequestParser:
         which validates the trailer fields and ends the message.
         """
         phase = self._chunk
+        if phase == _CK_SIZE and not self._buf:
+            # Fast path: whole chunks (size line, data, CRLF) already in ``data``; anything else
+            # (a partial or malformed line, the last chunk) is left to the steps below.
+            match = _CHUNK_LINE.match
+            limit = self._max_header_block
+            request = self._cur
+            assert request is not None  # the head is parsed: _CHUNKED has a current request
+            body = request.body
+            received = request.body_received
+            while (size_line := match(data, pos)) is not None:
+                start = size_line.end()
+                digits = size_line.group(1)
+                if start - pos > limit or len(digits) > 16:
+                    break
+                stop = start + int(digits, 16)
+                if stop == start or stop + 2 > n:
+                    break
+                if data[stop] != 13 or data[stop + 1] != 10:
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                body += view[start:stop]
+                received += stop - start
+                pos = stop + 2
+            request.body_received = received
+            if self._max_body is not None and received > self._max_body:
+                raise HTTPError(413, "the request body is too large")
+            if pos >= n:
+                return pos
         if phase == _CK_DATA:
             take = min(self._remaining, n - pos)
             self._remaining -= take
