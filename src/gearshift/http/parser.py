@@ -546,13 +546,13 @@ class RequestParser:
         if phase == _CK_SIZE and not self._buf:
             # Fast path: whole chunks (size line, data, CRLF) already in ``data``; anything else
             # (a partial or malformed line, the last chunk) is left to the steps below.
-            match = _CHUNK_LINE.match
+            match_line = _CHUNK_LINE.match
             limit = self._max_header_block
             request = self._cur
             assert request is not None  # the head is parsed: _CHUNKED has a current request
             body = request.body
             received = request.body_received
-            while (size_line := match(data, pos)) is not None:
+            while (size_line := match_line(data, pos)) is not None:
                 start = size_line.end()
                 digits = size_line.group(1)
                 if start - pos > limit or len(digits) > 16:
