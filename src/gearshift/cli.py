@@ -62,8 +62,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 BUILTIN_STRATEGY_OPTIONS = ("max_children", "daemon_threads")
 #: HTTP options of make_server(), by argparse dest.
 HTTP_OPTIONS = (
-    "keep_alive_timeout", "header_timeout", "max_request_line", "max_header_size", "max_headers",
-    "max_header_block", "max_body_size",
+    "keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate",
+    "max_request_line", "max_header_size", "max_headers", "max_header_block", "max_body_size",
 )
 #: Options that are not read from the environment: they are actions, not settings.
 NOT_FROM_ENV = frozenset({"help", "version", "list_strategies"})
@@ -218,8 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     http = parser.add_argument_group("HTTP limits and timeouts")
     http.add_argument("--keep-alive-timeout", type=float, metavar="SECONDS",
                       help="close idle keep-alive connections after this long; 0 disables keep-alive (default 5)")
-    http.add_argument("--header-timeout", type=float, metavar="SECONDS",
-                      help="time a client has to send a request head (default 10)")
+    http.add_argument("--head-timeout", type=float, metavar="SECONDS",
+                      help="total time a client has to send a request head; 408 past it (default 10)")
+    http.add_argument("--body-timeout", type=float, metavar="SECONDS",
+                      help="longest wait for request-body bytes (default 10)")
+    http.add_argument("--min-body-rate", type=float, metavar="BYTES_PER_S",
+                      help="slowest request body, averaged over the waits for it; 0: none (default 500)")
+    http.add_argument("--send-timeout", type=float, metavar="SECONDS",
+                      help="longest wait for the client to take response bytes (default 10)")
+    http.add_argument("--min-send-rate", type=float, metavar="BYTES_PER_S",
+                      help="slowest a client may take a response, averaged over the waits; 0: none (default 500)")
     http.add_argument("--max-request-line", type=int, metavar="BYTES",
                       help="longest request line; longer gets 414 (default 8190)")
     http.add_argument("--max-header-size", type=int, metavar="BYTES", help="longest header line (default 8190)")

@@ -42,7 +42,7 @@ def test_option_errors_name_the_option_and_list_the_valid_ones():
         gearshift.make_server("127.0.0.1", 0, app, strategy="fork", keepalive_timeout=3)
     message = str(info.value)
     assert "'keepalive_timeout'" in message and "max_children" in message and "keep_alive_timeout" in message
-    for bad in ({"keep_alive_timeout": -1}, {"header_timeout": 0}, {"max_body_size": -1},
+    for bad in ({"keep_alive_timeout": -1}, {"head_timeout": 0}, {"max_body_size": -1},
                 {"max_headers": "many"}, {"max_children": 0}):
         with pytest.raises(ValueError):
             gearshift.make_server("127.0.0.1", 0, app, strategy="fork", **bad)

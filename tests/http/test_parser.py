@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from corpus import MALFORMED, VALID, VALID_PIPELINES, Case, Valid
 from gearshift.http.errors import HTTPError, ProtocolLimits
-from gearshift.http.parser import Request, RequestParser
+from gearshift.http.parser import SINGLETON_FIELDS, Request, RequestParser
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -697,7 +697,7 @@ def valid_request(draw: st.DrawFn) -> tuple[bytes, dict[str, Any]]:
         rest = body
         while rest:
             size = draw(st.integers(min_value=1, max_value=len(rest)))
-            ext = draw(st.sampled_from([b"", b";a=b", b';q="x y"']))
+            ext = draw(st.sampled_from([b"", b";a=b", b';q="x y"', b" ;a", b"\t; a = b", b'; a;b ="\\" c"']))
             encoded += b"%x%s\r\n%s\r\n" % (size, ext, rest[:size])
             rest = rest[size:]
         encoded += b"0\r\n"
@@ -823,3 +823,25 @@ def test_property_random_bytes_only_raise_httperror(raw: bytes, prefix: bool) ->
     if result[0] == "error":
         assert result[1] in ALLOWED_STATUSES
     assert outcome(raw, split_every(raw, 1))[0] == result[0]
+
+
+def test_chunk_size_line_limit() -> None:
+    limit = 100
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ok = head + b"3" + b";a" * 40 + b"\r\nabc\r\n0\r\n\r\n"
+    assert bytes(parse_one(ok, max_header_block=limit).body) == b"abc"
+    endless = head + b"3" + b" ;a" * 1000
+    for chunks in ([endless], split_every(endless, 1), split_every(endless, 37)):
+        assert outcome(endless, chunks, ProtocolLimits(max_header_block=limit), eof=False)[:2] == ("error", 431)
+
+
+@pytest.mark.parametrize("name", SINGLETON_FIELDS)
+def test_singleton_fields_repeated_are_refused(name: bytes) -> None:
+    once = b"GET / HTTP/1.1\r\nHost: x\r\n%s: 1\r\nX: y\r\n\r\n" % name.title()
+    assert parse_one(once).headers[1] == (name.title(), b"1")
+    twice = b"GET / HTTP/1.1\r\nHost: x\r\n%s: 1\r\nX: y\r\n%s: 1\r\n\r\n" % (name.title(), name.upper())
+    parser = RequestParser()
+    with pytest.raises(HTTPError) as caught:
+        parser.feed(twice)
+    assert caught.value.status == 400
+    assert name.decode() in caught.value.reason.lower()

@@ -179,8 +179,8 @@ def test_keep_alive_timeout_closes_idle_connections(strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_header_timeout_closes_slow_clients(strategy):
-    with server_process(strategy, {"header_timeout": 0.5}) as proc:
+def test_head_timeout_closes_slow_clients(strategy):
+    with server_process(strategy, {"head_timeout": 0.5}) as proc:
         with Client(proc.port) as slow, Client(proc.port) as silent:
             slow.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Dribble: ")
             raw = slow.sock.recv(4096)  # the 408 arrives after the timeout

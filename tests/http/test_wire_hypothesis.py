@@ -17,6 +17,8 @@ pytestmark = pytest.mark.timeout(120)
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-", min_size=1, max_size=12)
 VALUE = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=30)
+#: Chunk extensions, with the optional whitespace RFC 9112 §7.1.1 allows around ";" and "=".
+CHUNK_EXT = st.sampled_from([b"", b";a=b", b"; some; parameters=stuff", b" ;x", b"\t;x=y", b' ; q = "a \\" b"'])
 SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-._~%20", max_size=10)
 
 
@@ -37,10 +39,10 @@ def requests(draw):
             piece = body[at:at + size]
             at += size
             if piece:
-                pieces.append(b"%x\r\n%b\r\n" % (len(piece), piece))
+                pieces.append(b"%x%b\r\n%b\r\n" % (len(piece), draw(CHUNK_EXT), piece))
         if at < len(body):
-            pieces.append(b"%x\r\n%b\r\n" % (len(body) - at, body[at:]))
-        encoded = b"".join(pieces) + b"0\r\n\r\n"
+            pieces.append(b"%x%b\r\n%b\r\n" % (len(body) - at, draw(CHUNK_EXT), body[at:]))
+        encoded = b"".join(pieces) + b"0%b\r\n\r\n" % draw(CHUNK_EXT)
     else:
         lines.append(f"Content-Length: {len(body)}")
         encoded = body

@@ -17,6 +17,7 @@ Nothing here knows which strategy runs it: the only strategy facts it uses are t
 from __future__ import annotations
 
 import os
+import select
 import socket
 import socketserver
 import sys
@@ -24,7 +25,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .errors import HTTPError
+from .errors import HTTPError, RequestTimeout
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, build_environ, check_response
 from ..core.logs import INFO, get_logger
@@ -70,6 +71,39 @@ class _Timeout(Exception):
         self.partial = partial
 
 
+class _Pace:
+    """The waits of one transfer (a request body, or a response): each at most ``each`` seconds,
+    and all of them together at most ``each + done / rate`` seconds, ``done`` being the bytes
+    moved so far (no total when ``rate`` is 0).
+
+    Only time spent blocked on the client counts: an application that thinks before reading the
+    body, or between two writes, uses none of it. So a client moving at least ``rate`` bytes a
+    second (after a grace of ``each``) is never cut off, however big the transfer, while one
+    that trickles a byte just before each wait would time out is, once its credit runs out.
+    """
+
+    __slots__ = ("done", "each", "rate", "waited")
+
+    def __init__(self, each: float, rate: float) -> None:
+        self.each = each
+        self.rate = rate
+        self.waited = 0.0
+        self.done = 0
+
+    def reset(self) -> None:
+        self.waited = 0.0
+        self.done = 0
+
+    def next_wait(self) -> float:
+        """Seconds the next wait may take; 0.0 when the total is used up."""
+        if not self.rate:
+            return self.each
+        left = self.each + self.done / self.rate - self.waited
+        if left >= self.each:
+            return self.each
+        return max(left, 0.0)
+
+
 class WSGIRequestHandler(socketserver.BaseRequestHandler):
     """Serve one turn of an HTTP connection (see the module docstring)."""
 
@@ -96,6 +130,9 @@ class Connection:
         self.served = 0
         self.deferred_error: HTTPError | None = None
         self._timeout: float | None = -1.0  # unknown: force the first settimeout()
+        config = self.config
+        self._body_pace = _Pace(config.body_timeout, config.min_body_rate)
+        self._send_pace = _Pace(config.send_timeout, config.min_send_rate)
         # TCP (IPv4 or IPv6) has a tuple for an address, a Unix socket a str. Not sock.family:
         # that property converts to an enum on every call, a dozen Python calls that a forked
         # child runs cold (the accept loop no longer makes them, so nothing warms them).
@@ -125,6 +162,8 @@ class Connection:
                     continue
                 request = parser.requests.popleft()
                 self.head_deadline = None
+                self._body_pace.reset()
+                self._send_pace.reset()
                 if not Exchange(self, request).run():
                     return
                 self.served += 1
@@ -142,7 +181,7 @@ class Connection:
         """Give the idle connection back to the loop; False if the loop cannot take it."""
         server, config = self.server, self.config
         if self.parser.idle:
-            timeout = config.keep_alive_timeout if self.served else config.header_timeout
+            timeout = config.keep_alive_timeout if self.served else config.head_timeout
             return server.resume_when_readable(self.sock, self.client_address, timeout)
         # Part of a request head has arrived: keep the parser, and the head's deadline.
         remaining = self._remaining_head_time()
@@ -168,7 +207,7 @@ class Connection:
 
     def _remaining_head_time(self) -> float:
         if self.head_deadline is None:
-            self.head_deadline = time.monotonic() + self.config.header_timeout
+            self.head_deadline = time.monotonic() + self.config.head_timeout
         remaining = self.head_deadline - time.monotonic()
         if remaining <= 0:
             raise _Timeout(partial=True)
@@ -181,7 +220,7 @@ class Connection:
         parser = self.parser
         if blocking:
             if parser.idle:
-                self.set_timeout(self.config.keep_alive_timeout if self.served else self.config.header_timeout)
+                self.set_timeout(self.config.keep_alive_timeout if self.served else self.config.head_timeout)
             else:
                 self.set_timeout(self._remaining_head_time())
         else:
@@ -196,7 +235,10 @@ class Connection:
             parser.feed_eof()  # raises HTTPError(400) when a request was cut short
             raise _PeerClosed
         if self.head_deadline is None:
-            self.head_deadline = time.monotonic() + self.config.header_timeout
+            # The head's deadline runs from its first byte (or from the connection becoming
+            # readable for it) to its end, across every wait: a client sending a byte now and
+            # then cannot stretch it.
+            self.head_deadline = time.monotonic() + self.config.head_timeout
         self._feed(data)
         return True
 
@@ -211,14 +253,24 @@ class Connection:
             self.deferred_error = exc
 
     def read_body(self, request: Request) -> None:
-        """Block until the parser has more of ``request``'s body (``wsgi.input`` calls this)."""
+        """Block until the parser has more of ``request``'s body (``wsgi.input`` calls this).
+
+        A client too slow for ``body_timeout``/``min_body_rate`` gets :class:`RequestTimeout`
+        (a 408, and a ``TimeoutError`` to the application): never a short read."""
         if self.deferred_error is not None:
             raise self.deferred_error
-        self.set_timeout(self.config.header_timeout)
+        pace = self._body_pace
+        wait = pace.next_wait()
+        if not wait:
+            raise RequestTimeout("the request body was not received in time")
+        self.set_timeout(wait)
+        started = time.monotonic()
         try:
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
-            raise HTTPError(408, "the request body was not received in time") from None
+            raise RequestTimeout("the request body was not received in time") from None
+        pace.waited += time.monotonic() - started
+        pace.done += len(data)
         if not data:
             self.parser.feed_eof()
             raise HTTPError(400, "the connection closed before the request body was complete")
@@ -232,15 +284,84 @@ class Connection:
     # -- writing -------------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Write all of ``data``; the timeout bounds each wait for progress, not the total, so a
-        slow but live client can download a large body."""
-        self.set_timeout(self.config.header_timeout)
+        """Write all of ``data``, within ``send_timeout``/``min_send_rate`` (see :class:`_Pace`):
+        a slow but live client can download a large body, one that takes a byte now and then
+        cannot keep the connection forever. Too slow raises ``TimeoutError``."""
+        pace = self._send_pace
+        wait = pace.next_wait()
+        if not wait:
+            raise TimeoutError("the client did not take the response in time")
+        self.set_timeout(wait)
+        started = time.monotonic()
         sent = self.sock.send(data)
+        pace.done += sent
         if sent == len(data):
+            pace.waited += time.monotonic() - started
             return
         view = memoryview(data)
         while sent < len(view):
-            sent += self.sock.send(view[sent:])
+            now = time.monotonic()
+            pace.waited += now - started
+            started = now
+            wait = pace.next_wait()
+            if not wait:
+                raise TimeoutError("the client did not take the response in time")
+            self.set_timeout(wait)
+            n = self.sock.send(view[sent:])
+            sent += n
+            pace.done += n
+        pace.waited += time.monotonic() - started
+
+    def sendfile(self, file: Any, offset: int, count: int) -> int:
+        """Send ``count`` bytes of ``file`` from ``offset`` (zero-copy ``os.sendfile`` on a plain
+        socket), within the same limits as :meth:`send`; return the bytes sent (fewer if the
+        file is shorter)."""
+        sock = self.sock
+        if type(sock) is not socket.socket or not hasattr(os, "sendfile"):  # TLS: no sendfile
+            return self._send_file_blocks(file, offset, count)
+        pace = self._send_pace
+        self.set_timeout(pace.each)  # a timeout makes the descriptor non-blocking
+        out, fd = sock.fileno(), file.fileno()
+        poller = select.poll()
+        poller.register(out, select.POLLOUT)
+        total = 0
+        try:
+            while total < count:
+                try:
+                    sent = os.sendfile(out, fd, offset + total, count - total)
+                except BlockingIOError:
+                    wait = pace.next_wait()
+                    started = time.monotonic()
+                    ready = poller.poll(wait * 1000.0) if wait else []
+                    pace.waited += time.monotonic() - started
+                    if not ready:
+                        raise TimeoutError("the client did not take the response in time") from None
+                    continue
+                except ConnectionError:
+                    raise
+                except OSError:
+                    if total:
+                        raise
+                    return self._send_file_blocks(file, offset, count)  # a file sendfile() refuses
+                if not sent:
+                    break  # the file ended early
+                total += sent
+                pace.done += sent
+        finally:
+            if total:
+                file.seek(offset + total)
+        return total
+
+    def _send_file_blocks(self, file: Any, offset: int, count: int) -> int:
+        file.seek(offset)
+        total = 0
+        while total < count:
+            block = file.read(min(count - total, READ_SIZE))
+            if not block:
+                break
+            self.send(block)
+            total += len(block)
+        return total
 
     def reject(self, error: HTTPError, blocking: bool = True, *, request: Request | None = None) -> None:
         """Answer a request we will not run with its 4xx/5xx, then let the connection close.
@@ -485,9 +606,7 @@ class Exchange:
         self._send_head(b"", final=False)
         if self.bodyless:
             return True
-        connection = self.connection
-        connection.set_timeout(connection.config.header_timeout)
-        sent = connection.sock.sendfile(wrapper.filelike, offset, count)
+        sent = self.connection.sendfile(wrapper.filelike, offset, count)
         self.sent += sent
         self.remaining = (self.remaining or 0) - sent
         return True

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["HTTPError", "ProtocolLimits"]
+__all__ = ["HTTPError", "ProtocolLimits", "RequestTimeout"]
 
 
 class HTTPError(Exception):
@@ -46,6 +46,19 @@ class HTTPError(Exception):
         return f"HTTPError({self.status!r}, {self.reason!r})"
 
 
+class RequestTimeout(HTTPError, TimeoutError):
+    """408: the client did not send the request (its head or its body) in time.
+
+    Also a :class:`TimeoutError`, so an application whose ``wsgi.input.read()`` raises it sees
+    the ``OSError`` a timed-out socket read raises anywhere else, and never a short body.
+    """
+
+    def __init__(self, reason: str) -> None:
+        TimeoutError.__init__(self, reason)
+        self.status = 408
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class ProtocolLimits:
     """Size limits the parser enforces, on complete and on still-incomplete input alike.
@@ -59,9 +72,8 @@ class ProtocolLimits:
     * ``max_headers`` — number of header field lines. Over it: 431.
     * ``max_header_block`` — total size of the header field lines, each counted with its CRLF
       (the request line and the empty line ending the head are not counted). Over it: 431.
-      Also bounds a chunked body's trailer section, and any run of chunk metadata between two
-      pieces of body data (measured per piece fed to llhttp: a run is refused by the time it
-      is twice this long).
+      Also bounds each chunk-size line of a chunked body (with its extensions), and its trailer
+      section (measured per piece fed to llhttp: refused by the time it is twice this long).
     * ``max_body_size`` — body bytes: a declared ``Content-Length`` over it is refused as soon as
       the head is parsed, a chunked body as soon as the decoded data passes it. ``None`` means
       unlimited; ``0`` allows only empty bodies. Over it: 413.

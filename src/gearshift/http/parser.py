@@ -13,9 +13,13 @@ How the work is split
   waiting for a line end. The complete head is checked (limits, request line) and then given to
   llhttp in one call; llhttp validates header syntax and ``Content-Length``/
   ``Transfer-Encoding`` framing. Header fields are then extracted from the head with one regex.
-* **Bodies are decoded by llhttp.** A ``Content-Length`` body is fed to llhttp exactly up to its
-  end; a chunked body is fed up to each ``CRLF CRLF`` (a chunked message can only end there), so
-  llhttp never sees a byte of the next request and the next head is framed here again.
+* **Content-Length bodies are decoded by llhttp**, fed exactly up to their end, so llhttp never
+  sees a byte of the next request and the next head is framed here again.
+* **Chunked bodies are decoded here, their trailers by llhttp.** Chunk-size lines and chunk data
+  are decoded here, because llhttp refuses the whitespace RFC 9112 allows in chunk extensions;
+  llhttp is then given the last chunk (``0`` CRLF, its extensions dropped) and the trailer
+  section up to each ``CRLF CRLF`` (where the message may end), validates the trailer fields
+  and ends the message.
 
 Decisions (RFC 9112 / RFC 9110 leave a choice)
 ----------------------------------------------
@@ -37,6 +41,12 @@ Decisions (RFC 9112 / RFC 9110 leave a choice)
   are delivered as such, and the application answers 405/501 itself. llhttp only knows a fixed
   list of methods, so for any other method llhttp is shown ``GET`` in its place (the method does
   not change request framing in HTTP/1.1, except for ``CONNECT``).
+* **Chunk extensions** are accepted and ignored, with BWS around ``;`` and ``=`` and
+  quoted-string values (RFC 9112 §7.1.1); a chunk-size line outside that grammar (including
+  trailing whitespace or an empty value) is a 400, and one longer than ``max_header_block`` a
+  431.
+* **Singleton fields:** a repeated field of :data:`SINGLETON_FIELDS` (``Content-Type``,
+  ``Authorization``, ``Range``, ...: fields RFC 9110 defines as one value, not a list) is a 400.
 * **CONNECT:** 501 (this server does not tunnel).
 * **Upgrade:** ``Upgrade``/``Connection: upgrade`` are ignored; the request is an ordinary
   request (with its body, if it declares one) and stays on HTTP/1.1. The headers are still
@@ -77,7 +87,7 @@ from httptools import HttpParserError, HttpParserUpgrade
 
 from .errors import HTTPError, ProtocolLimits
 
-__all__ = ["Request", "RequestParser"]
+__all__ = ["SINGLETON_FIELDS", "Request", "RequestParser"]
 
 _TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
 _TOKEN = re.compile(rb"[%s]+" % _TCHAR)
@@ -106,18 +116,29 @@ _LLHTTP_METHODS = {
     )
 }
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
+#: Request fields that RFC 9110 defines as one value, not a comma-separated list, so they may
+#: appear only once (RFC 9110 §5.3): a repeat cannot be combined, and two readers of the message
+#: (a proxy taking the first, the application the last) would disagree. More than one line is a
+#: 400. ``Host`` and ``Content-Length`` are refused by their own rules. Response-only singletons
+#: (Location, ETag, ...) do not concern a server.
+SINGLETON_FIELDS = (
+    b"authorization", b"content-location", b"content-range", b"content-type", b"date", b"from",
+    b"if-modified-since", b"if-range", b"if-unmodified-since", b"max-forwards",
+    b"proxy-authorization", b"range", b"referer", b"user-agent",
+)
 _HOST_H, _CL_H, _TE_H, _CONN_H, _EXPECT_H = range(1, 6)
+_SINGLE_H = 8  # SINGLETON_FIELDS[i] has kind _SINGLE_H + i (a bit in a mask of those seen)
 _SPECIAL = {
     b"host": _HOST_H,
     b"content-length": _CL_H,
     b"transfer-encoding": _TE_H,
     b"connection": _CONN_H,
     b"expect": _EXPECT_H,
+    **{name: _SINGLE_H + i for i, name in enumerate(SINGLETON_FIELDS)},
 }
+_SINGLE_NAMES = {_SINGLE_H + i: name.decode("ascii").title() for i, name in enumerate(SINGLETON_FIELDS)}
 #: _SPECIAL plus the usual spellings of common header names, to skip most ``name.lower()``s.
 _KIND = {
-    **_SPECIAL,
-    **{name.title(): kind for name, kind in _SPECIAL.items()},
     **{
         spelling: 0
         for name in (
@@ -131,6 +152,8 @@ _KIND = {
         )
         for spelling in (name, name.title())
     },
+    **_SPECIAL,
+    **{name.title(): kind for name, kind in _SPECIAL.items()},
 }
 _MAX_CONTENT_LENGTH = 2**63 - 1
 
@@ -142,6 +165,19 @@ _CHUNKED = 3  # chunked body
 _CLOSED = 4  # after a request that ends the connection, or after EOF: bytes are ignored
 _DEAD = 5  # after an HTTPError
 _SYNTHETIC = 6  # llhttp is parsing the synthetic head of _after_upgrade
+
+# Where a chunked body is (the _CHUNKED state); _remaining counts data or CRLF bytes still due.
+_CK_SIZE = 0  # in a chunk-size line (the partial line is in _buf)
+_CK_DATA = 1  # in chunk data
+_CK_CRLF = 2  # in the CRLF after chunk data
+_CK_TRAILER = 3  # after the last chunk: llhttp parses the trailer section
+
+_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+#: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+#: value = token / quoted-string (RFC 9112 §7.1.1).
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*\r\n" % (_TCHAR, _TCHAR, _QUOTED_STRING)
+)
 
 
 class Request:
@@ -247,6 +283,7 @@ class RequestParser:
         "_rl_end",
         "_tail",
         "_run",
+        "_chunk",
     )
 
     def __init__(self, limits: ProtocolLimits = ProtocolLimits()) -> None:
@@ -272,8 +309,9 @@ class RequestParser:
         self._remaining = 0
         self._buf = bytearray()  # a partial head
         self._reset_partial()
-        self._tail = b""  # the last (up to 3) chunked-body bytes given to llhttp
-        self._run = 0  # chunked-body bytes given to llhttp since it last produced body data
+        self._chunk = _CK_SIZE  # where a chunked body is (_CHUNKED state)
+        self._tail = b""  # the last (up to 3) trailer-section bytes given to llhttp
+        self._run = 0  # trailer-section bytes given to llhttp
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -498,9 +536,91 @@ class RequestParser:
             raise HTTPError(400, "malformed request head")
 
     def _feed_chunked(self, data: bytes, view: memoryview, pos: int, n: int) -> int:
-        """Give llhttp chunked-body bytes up to the next CRLFCRLF (where the body may end)."""
+        """Decode chunked-body bytes from ``pos``; return where this step stopped.
+
+        Chunk-size lines and chunk data are decoded here (llhttp refuses the whitespace RFC 9112
+        allows around chunk extensions); the last chunk and the trailer section go to llhttp,
+        which validates the trailer fields and ends the message.
+        """
+        phase = self._chunk
+        if phase == _CK_SIZE and not self._buf:
+            # Fast path: whole chunks (size line, data, CRLF) already in ``data``; anything else
+            # (a partial or malformed line, the last chunk) is left to the steps below.
+            match_line = _CHUNK_LINE.match
+            limit = self._max_header_block
+            request = self._cur
+            assert request is not None  # the head is parsed: _CHUNKED has a current request
+            body = request.body
+            received = request.body_received
+            while (size_line := match_line(data, pos)) is not None:
+                start = size_line.end()
+                digits = size_line.group(1)
+                if start - pos > limit or len(digits) > 16:
+                    break
+                stop = start + int(digits, 16)
+                if stop == start or stop + 2 > n:
+                    break
+                if data[stop] != 13 or data[stop + 1] != 10:
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                body += view[start:stop]
+                received += stop - start
+                pos = stop + 2
+            request.body_received = received
+            if self._max_body is not None and received > self._max_body:
+                raise HTTPError(413, "the request body is too large")
+            if pos >= n:
+                return pos
+        if phase == _CK_DATA:
+            take = min(self._remaining, n - pos)
+            self._remaining -= take
+            if not self._remaining:
+                self._chunk = _CK_CRLF
+                self._remaining = 2
+            self._on_body(view[pos : pos + take])
+            return pos + take
+        if phase == _CK_CRLF:
+            while pos < n and self._remaining:
+                if data[pos] != (13 if self._remaining == 2 else 10):
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                self._remaining -= 1
+                pos += 1
+            if not self._remaining:
+                self._chunk = _CK_SIZE
+            return pos
+        if phase == _CK_SIZE:
+            buf = self._buf
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                buf += data[pos:]
+                if len(buf) > self._max_header_block:
+                    raise HTTPError(431, "a chunk-size line is too large")
+                return n
+            end = nl + 1
+            line = bytes(buf) + data[pos:end] if buf else data[pos:end]
+            self._buf = bytearray()
+            if len(line) > self._max_header_block:
+                raise HTTPError(431, "a chunk-size line is too large")
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                if line[-2:] != b"\r\n":
+                    raise HTTPError(400, "bare LF in chunk framing (only CRLF ends a line)")
+                raise HTTPError(400, "malformed chunk-size line")
+            digits = match.group(1).lstrip(b"0")
+            if len(digits) > 16 or (digits and int(digits, 16) > _MAX_CONTENT_LENGTH):
+                raise HTTPError(400, "chunk size out of range")
+            if digits:
+                self._chunk = _CK_DATA
+                self._remaining = int(digits, 16)
+            else:
+                # The last chunk (its extensions dropped): llhttp parses the trailer section.
+                self._chunk = _CK_TRAILER
+                self._tail = b"0\r\n"
+                self._run = 0
+                self._ll_feed(b"0\r\n")
+            return end
+        # _CK_TRAILER: give llhttp the trailer section up to the next CRLFCRLF (where it may end).
         tail = self._tail
-        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n") if tail else -1
+        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
         if end >= 0:
             end += pos + 4 - len(tail)
         else:
@@ -508,23 +628,21 @@ class RequestParser:
             end = n if end < 0 else end + 4
         if end - pos > self._max_header_block:  # bounds the error of the run count below
             end = pos + self._max_header_block
-        request = self._cur
-        received = request.body_received
         self._ll_feed(view[pos:end])
         if self._state == _CHUNKED:
             self._tail = (tail + data[pos:end])[-3:] if end - pos < 3 else data[end - 3 : end]
-            # Bytes since llhttp last produced body data: chunk framing, or the trailer section.
-            # Counted per piece, so a run is refused at most 2 * max_header_block bytes long.
-            if request.body_received == received:
-                self._run += end - pos
-                if self._run > self._max_header_block:
-                    raise HTTPError(431, "the chunked body's trailer section or chunk metadata is too large")
-            else:
-                self._run = 0
-        else:
-            self._tail = b""
-            self._run = 0
+            # Counted per piece, so a trailer section is refused at most 2 * max_header_block long.
+            self._run += end - pos
+            if self._run > self._max_header_block:
+                raise HTTPError(431, "the chunked body's trailer section is too large")
         return end
+
+    def _start_chunked(self) -> None:
+        self._state = _CHUNKED
+        self._chunk = _CK_SIZE
+        self._buf = bytearray()
+        self._run = 0
+        self._tail = b""
 
     def _ll_feed(self, data: bytes | memoryview) -> None:
         """Give llhttp body bytes."""
@@ -549,6 +667,7 @@ class RequestParser:
         if request.chunked:
             synthetic = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             state = _CHUNKED
+            self._start_chunked()
         elif request.content_length:
             synthetic = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % request.content_length
             state = _BODY
@@ -581,13 +700,19 @@ class RequestParser:
         length: bytes | None = None
         codings: list[bytes] | None = None
         close = keep = False
+        singles = 0
         for name, value in headers:
             kind = _KIND.get(name)
             if kind is None:
                 kind = _SPECIAL.get(name.lower())
             if not kind:
                 continue
-            if kind == _HOST_H:
+            if kind >= _SINGLE_H:
+                bit = 1 << kind
+                if singles & bit:
+                    raise HTTPError(400, f"more than one {_SINGLE_NAMES[kind]} header")
+                singles |= bit
+            elif kind == _HOST_H:
                 hosts += 1
                 host = value
             elif kind == _CL_H:
@@ -640,9 +765,7 @@ class RequestParser:
                     raise HTTPError(400, "chunked is applied more than once")
                 raise HTTPError(501, "transfer codings other than chunked are not supported")
             request.chunked = True
-            self._state = _CHUNKED
-            self._run = 0
-            self._tail = b""
+            self._start_chunked()
         elif length is not None:
             if not length.isdigit():
                 raise HTTPError(400, "invalid Content-Length")
@@ -661,7 +784,7 @@ class RequestParser:
             self._state = _HEAD
         self.requests.append(request)
 
-    def _on_body(self, data: bytes) -> None:
+    def _on_body(self, data: bytes | memoryview) -> None:
         request = self._cur
         request.body += data
         request.body_received += len(data)

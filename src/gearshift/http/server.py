@@ -30,37 +30,76 @@ WSGIApp = Callable[..., Any]
 SERVER_SOFTWARE = f"gearshift/{__version__}"
 
 
+#: Option names that no longer exist, and what replaced them.
+RENAMED_OPTIONS = {
+    "header_timeout": "head_timeout (the request head), body_timeout and min_body_rate (the request "
+                      "body), send_timeout and min_send_rate (the response)",
+}
+_TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
+
+
 @dataclass(frozen=True)
 class HTTPConfig:
-    """HTTP settings, given to ``make_server`` as keyword options with these names."""
+    """HTTP settings, given to ``make_server`` as keyword options with these names.
+
+    How long a client may take, each bound closing one way of holding a connection (under
+    ``thread`` a thread, under ``fork`` a process, under ``sync`` the whole server's turn):
+
+    * the request head has a total deadline (``head_timeout``), from its first byte to its end:
+      a head is small, so a client that needs longer is not a client, whatever it trickles;
+    * the request body and the response have a per-wait bound (``body_timeout``,
+      ``send_timeout``) plus a minimum rate (``min_body_rate``, ``min_send_rate``), as Apache's
+      mod_reqtimeout does for bodies: the waits of one body (one response) may total
+      ``timeout + bytes moved / rate`` seconds. A total deadline would cut off a legitimate big
+      upload on a slow link; a per-wait bound alone lets a client that sends a byte just before
+      each wait runs out keep the connection forever; a rate does neither. Only time spent
+      waiting for the client counts, not the application's own time between reads or writes.
+      A rate of 0 leaves the per-wait bound alone.
+
+    A body too slow is answered 408 if the application has not started its response (then the
+    connection closes), else the connection closes; ``wsgi.input.read()`` raises
+    :class:`~gearshift.http.errors.RequestTimeout` (a ``TimeoutError``) in the application, never
+    a short read. A response too slow closes the connection.
+    """
 
     #: Seconds an idle keep-alive connection is kept open; 0 closes after every response.
     keep_alive_timeout: float = 5.0
-    #: Seconds a client has to send a complete request head once it starts (or, on a new
-    #: connection, to start); also bounds each wait for body bytes or for the client to take
-    #: response bytes. Closes slowloris-style connections.
-    header_timeout: float = 10.0
+    #: Seconds a client has to send a complete request head once it starts (on a new connection,
+    #: to start one too). 408 past it. Closes slowloris-style connections.
+    head_timeout: float = 10.0
+    #: Seconds each wait for request-body bytes may take.
+    body_timeout: float = 10.0
+    #: Bytes per second a request body must average over the time spent waiting for it, after
+    #: the first ``body_timeout`` seconds; 0 for no minimum.
+    min_body_rate: float = 500.0
+    #: Seconds each wait for the client to take response bytes may take.
+    send_timeout: float = 10.0
+    #: Bytes per second the client must take a response at, over the time spent waiting for it,
+    #: after the first ``send_timeout`` seconds; 0 for no minimum.
+    min_send_rate: float = 500.0
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
 
     def __post_init__(self) -> None:
-        for name in ("keep_alive_timeout", "header_timeout"):
+        for name in _TIMEOUTS:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a number of seconds >= 0, not {value!r}")
-        if self.header_timeout == 0:
-            raise ValueError("header_timeout must be > 0")
+            unit = "bytes per second" if name.startswith("min_") else "seconds"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"{name} must be a number of {unit} >= 0 (and finite), not {value!r}")
+        for name in ("head_timeout", "body_timeout", "send_timeout"):
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name} must be > 0")
 
     @classmethod
     def option_names(cls) -> list[str]:
         limits = [f.name for f in dataclasses.fields(ProtocolLimits)]
-        return sorted(["keep_alive_timeout", "header_timeout", *limits])
+        return sorted([*_TIMEOUTS, *limits])
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> HTTPConfig:
         """Build from the HTTP subset of ``options`` (removing those keys from it)."""
         limit_names = {f.name for f in dataclasses.fields(ProtocolLimits)}
         limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
-        own = {k: options.pop(k) for k in ("keep_alive_timeout", "header_timeout") if k in options}
+        own = {k: options.pop(k) for k in _TIMEOUTS if k in options}
         return cls(limits=limits, **own)
 
 
@@ -122,7 +161,7 @@ class WSGIServer(Server):
         if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(self.config.header_timeout)))
+            sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(self.config.head_timeout)))
         except OSError:
             pass
 
@@ -190,9 +229,10 @@ def make_server(
     ``make_server("127.0.0.1", 8000, app, strategy="fork", max_children=40)``
 
     ``options`` are the strategy's options and the HTTP options (``keep_alive_timeout``,
-    ``header_timeout``, ``max_request_line``, ``max_header_size``, ``max_headers``,
-    ``max_header_block``, ``max_body_size``); a name that is neither raises ``TypeError`` listing
-    both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
+    ``head_timeout``, ``body_timeout``, ``min_body_rate``, ``send_timeout``, ``min_send_rate``,
+    ``max_request_line``, ``max_header_size``, ``max_headers``, ``max_header_block``,
+    ``max_body_size``; see :class:`HTTPConfig`); a name that is neither raises ``TypeError``
+    listing both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
     (see ``server.server_address``). ``fd`` adopts an already-bound listening socket, as
     werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it binds to
     ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). Call
@@ -219,6 +259,9 @@ def _check_options(strategy: type[Strategy], options: dict[str, Any]) -> None:
     http = set(HTTPConfig.option_names())
     accepted = set(strategy.option_defaults())
     unknown = sorted(set(options) - http - accepted)
+    renamed = [name for name in unknown if name in RENAMED_OPTIONS]
+    if renamed:
+        raise TypeError(f"make_server() option {renamed[0]!r} was renamed: use {RENAMED_OPTIONS[renamed[0]]}")
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
         raise TypeError(
