@@ -185,7 +185,7 @@ def test_keyboard_interrupt_still_stops_a_sync_server():
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_access_lines_for_408_and_for_413_from_wsgi_input(strategy):
-    with server_process(strategy, {"header_timeout": 0.5, "max_body_size": 10}) as proc:
+    with server_process(strategy, {"head_timeout": 0.5, "max_body_size": 10}) as proc:
         with Client(proc.port) as c:
             c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Dribble: ")
             assert status_of(c.sock.recv(4096)) == 408

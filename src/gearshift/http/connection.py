@@ -196,7 +196,7 @@ class Connection:
         server is closing, or the connection stayed idle past its timeout)."""
         idle = self.parser.idle
         if idle:
-            timeout = self.config.keep_alive_timeout if self.served else self.config.header_timeout
+            timeout = self.config.keep_alive_timeout if self.served else self.config.head_timeout
         else:
             timeout = self._remaining_head_time()
         if self.server.wait_readable(self.sock, timeout):
