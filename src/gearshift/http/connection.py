@@ -25,7 +25,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .errors import HTTPError, RequestTimeout
+from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, build_environ, check_response
 from ..core.logs import INFO, get_logger
@@ -269,6 +269,8 @@ class Connection:
             data = self.sock.recv(READ_SIZE)
         except TimeoutError:
             raise RequestTimeout("the request body was not received in time") from None
+        except _CLIENT_GONE as exc:
+            raise ClientGone(f"the client went away while sending the request body: {exc}") from exc
         pace.waited += time.monotonic() - started
         pace.done += len(data)
         if not data:
@@ -286,31 +288,34 @@ class Connection:
     def send(self, data: bytes) -> None:
         """Write all of ``data``, within ``send_timeout``/``min_send_rate`` (see :class:`_Pace`):
         a slow but live client can download a large body, one that takes a byte now and then
-        cannot keep the connection forever. Too slow raises ``TimeoutError``."""
-        pace = self._send_pace
-        wait = pace.next_wait()
-        if not wait:
-            raise TimeoutError("the client did not take the response in time")
-        self.set_timeout(wait)
-        started = time.monotonic()
-        sent = self.sock.send(data)
-        pace.done += sent
-        if sent == len(data):
-            pace.waited += time.monotonic() - started
-            return
-        view = memoryview(data)
-        while sent < len(view):
-            now = time.monotonic()
-            pace.waited += now - started
-            started = now
+        cannot keep the connection forever. A client too slow or gone raises :class:`ClientGone`."""
+        try:
+            pace = self._send_pace
             wait = pace.next_wait()
             if not wait:
                 raise TimeoutError("the client did not take the response in time")
             self.set_timeout(wait)
-            n = self.sock.send(view[sent:])
-            sent += n
-            pace.done += n
-        pace.waited += time.monotonic() - started
+            started = time.monotonic()
+            sent = self.sock.send(data)
+            pace.done += sent
+            if sent == len(data):
+                pace.waited += time.monotonic() - started
+                return
+            view = memoryview(data)
+            while sent < len(view):
+                now = time.monotonic()
+                pace.waited += now - started
+                started = now
+                wait = pace.next_wait()
+                if not wait:
+                    raise TimeoutError("the client did not take the response in time")
+                self.set_timeout(wait)
+                n = self.sock.send(view[sent:])
+                sent += n
+                pace.done += n
+            pace.waited += time.monotonic() - started
+        except _CLIENT_GONE as exc:
+            raise ClientGone(f"the response could not be delivered: {exc}") from exc
 
     def sendfile(self, file: Any, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``file`` from ``offset`` (zero-copy ``os.sendfile`` on a plain
@@ -347,6 +352,10 @@ class Connection:
                     break  # the file ended early
                 total += sent
                 pace.done += sent
+        except ClientGone:
+            raise
+        except _CLIENT_GONE as exc:
+            raise ClientGone(f"the response could not be delivered: {exc}") from exc
         finally:
             if total:
                 file.seek(offset + total)
@@ -456,7 +465,7 @@ class Exchange:
             # own BaseException must not stop the server (a sync one runs the app in its loop)
             # nor reach the strategy, which would close the connection without an answer.
             reusable = False
-            if isinstance(exc, _CLIENT_GONE) and _from_client_socket(exc):
+            if isinstance(exc, ClientGone):
                 log.info("client %s went away during %s %s: %s", connection.client_address,
                          request.method, environ["PATH_INFO"], exc)
             else:
@@ -656,23 +665,6 @@ class Exchange:
                 return False
         request.body.clear()
         return True
-
-
-#: Where an OSError means that the client's socket failed (see _from_client_socket).
-_CLIENT_SOCKET_CODE = frozenset({Connection.send.__code__, Connection.read_body.__code__,
-                                 Exchange._send_file.__code__})
-
-
-def _from_client_socket(exc: BaseException) -> bool:
-    """Whether ``exc`` came from reading or writing the client's socket (the client is gone), not
-    from the application's own I/O: a backend refusing the app's connection raises
-    ConnectionRefusedError too, and that is the app's error, worth a 500 and a traceback."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code in _CLIENT_SOCKET_CODE:
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:

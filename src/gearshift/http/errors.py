@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["HTTPError", "ProtocolLimits", "RequestTimeout"]
+__all__ = ["ClientGone", "HTTPError", "ProtocolLimits", "RequestTimeout"]
 
 
 class HTTPError(Exception):
@@ -44,6 +44,17 @@ class HTTPError(Exception):
 
     def __repr__(self) -> str:
         return f"HTTPError({self.status!r}, {self.reason!r})"
+
+
+class ClientGone(ConnectionError):
+    """The client's socket failed, or the client took the response too slowly: nothing more can
+    be read or written on this connection.
+
+    Raised by the connection's own reads and writes (``wsgi.input``, ``write()``, the response
+    body), chaining the socket's error, so that a ``ConnectionError`` the application meets in
+    its own I/O (a backend refusing a connection) stays the application's error, answered with a
+    500 and a traceback, while this one is only the client leaving.
+    """
 
 
 class RequestTimeout(HTTPError, TimeoutError):
