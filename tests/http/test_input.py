@@ -188,3 +188,73 @@ def test_one_read_of_a_large_body_gets_all_of_it(server, chunked):
         assert r.status == 200, r.body
         assert json.loads(r.body) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest(), "rest": 0}
         assert c.request("GET", "/after").body == b"after"  # and the connection is still usable
+
+
+# -- what the app leaves unread -------------------------------------------------------------------
+
+
+def _upload(port: int, head: bytes, body: bytes) -> tuple[Client, ShapedSender]:
+    c = Client(port)
+    return c, ShapedSender(c.sock, [head, body], [0.0, 0.0])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("path", ["/after", "/partial?100000"])
+def test_a_large_unread_body_gets_its_response_then_a_clean_close(server, chunked, path):
+    """More than can be discarded is left unread: the client still reads its whole response and
+    then EOF, never a reset, and can finish sending its body."""
+    body = os.urandom(5_000_000)  # more than the socket buffers hold: the client is still sending
+    if chunked:
+        head = b"POST %b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+        body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+    else:
+        head = b"POST %b HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body))
+    c, sender = _upload(server.port, head, body)
+    with c:
+        try:
+            r = c.response("POST")
+            assert r.status == 200
+            assert r.body == (b"after" if path == "/after" else b"read 100000")
+            if not chunked:  # the length says at once that the body is too large to skip
+                assert r.headers["Connection"] == "close"
+            c.sock.settimeout(20)
+            assert c.file.read() == b""  # EOF: a reset would raise ConnectionResetError here
+        finally:
+            sender.join()
+    assert sender.error is None
+
+
+def _curl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["curl", "-sS", "--max-time", "60", *args], capture_output=True, text=True, timeout=90)
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="needs /usr/bin/curl")
+@pytest.mark.parametrize("expect", ["Expect: 100-continue", "Expect:"], ids=["100-continue", "no-expect"])
+def test_curl_uploads_5mb(server, tmp_path, expect):
+    body = os.urandom(5_000_000)
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(body)
+    url = f"http://127.0.0.1:{server.port}"
+    common = ["-H", expect, "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{upload}"]
+    # An app that reads the body gets all of it; curl sees no error.
+    done = _curl(*common, f"{url}/once")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest(), "rest": 0}
+    # An app that reads part of it, or none: curl gets the answer, and no broken pipe.
+    for path, answer in [("/partial?100000", "read 100000"), ("/partial?10", "read 10"), ("/after", "after")]:
+        done = _curl(*common, url + path)
+        assert (done.returncode, done.stdout, done.stderr) == (0, answer, "")
+
+
+def test_an_error_after_the_body_does_not_cost_the_request_its_response(server):
+    """Bytes that cannot be a request arrive with the end of a body the app is reading: the app
+    still gets its whole body and its response goes out, then the 400 for what followed."""
+    with Client(server.port) as c:
+        c.send(b"POST /once HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert c.file.readline() == b"HTTP/1.1 100 Continue\r\n"  # the app is reading the body
+        assert c.file.readline() == b"\r\n"
+        c.send(b"hello" + b"NOT HTTP\r\n\r\n")
+        first = c.response("POST")
+        assert first.status == 200, first.body
+        assert json.loads(first.body)["sha256"] == hashlib.sha256(b"hello").hexdigest()
+        assert c.response().status == 400
