@@ -12,7 +12,7 @@ import operator
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, SupportsIndex
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
@@ -123,10 +123,9 @@ def _size(size: object) -> int:
         return -1
     if type(size) is int:
         return size
-    try:
-        return operator.index(size)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"wsgi.input: size must be an int or None, not {type(size).__name__}") from None
+    if isinstance(size, SupportsIndex):
+        return operator.index(size)
+    raise TypeError(f"wsgi.input: size must be an int or None, not {type(size).__name__}")
 
 
 class InputStream:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 
 from .content import stream_chunks
