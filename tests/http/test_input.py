@@ -225,6 +225,13 @@ def test_a_large_unread_body_gets_its_response_then_a_clean_close(server, chunke
     assert sender.error is None
 
 
+def test_a_small_unread_rest_is_skipped_and_the_connection_kept(server):
+    with Client(server.port) as c:
+        r = c.request("POST", "/partial?10", body=os.urandom(60_000))
+        assert r.body == b"read 10" and "Connection" not in r.headers
+        assert c.request("GET", "/after").body == b"after"
+
+
 def _curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "-sS", "--max-time", "60", *args], capture_output=True, text=True, timeout=90,
                           check=False)
