@@ -40,6 +40,9 @@ READ_SIZE = 65536
 #: Unread request body bytes we are willing to read and discard to keep a connection alive;
 #: past this, closing is cheaper than reading.
 DISCARD_LIMIT = 65536
+#: Closing on a client still sending its body: how long to keep reading (and discarding) while
+#: nothing arrives, before giving up on the client. See Connection.linger.
+LINGER_IDLE = 2.0
 # ssl is imported only by servers that use TLS: it adds megabytes to every process, and the
 # fork strategy pays for each of them on every request. enable_tls() adds its errors.
 _WOULD_BLOCK: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
@@ -276,7 +279,34 @@ class Connection:
         if not data:
             self.parser.feed_eof()
             raise HTTPError(400, "the connection closed before the request body was complete")
-        self._feed(data)
+        try:
+            self._feed(data)
+        except HTTPError as exc:
+            if not request.complete:
+                raise
+            # The body is whole; the error is in what follows it: this request still gets its
+            # response, and the error is answered after it, as for pipelined requests.
+            self.deferred_error = exc
+
+    def linger(self) -> None:
+        """Close on a client that may still be sending a body we will not read.
+
+        Closing a socket with unread data makes the kernel send a reset, which can destroy the
+        response before the client reads it (and the client sees a broken pipe mid-upload).
+        So: end our side (the client sees the response, then EOF), then read and discard until
+        the client closes too, stops sending for LINGER_IDLE, or ``body_timeout`` passes.
+        """
+        sock = self.sock
+        timeout = self.config.body_timeout
+        deadline = time.monotonic() + timeout
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.set_timeout(min(LINGER_IDLE, timeout, remaining))
+                if not sock.recv(READ_SIZE):
+                    return
+        except (OSError, ValueError):
+            pass
 
     def set_timeout(self, timeout: float | None) -> None:
         if timeout != self._timeout:
@@ -489,7 +519,12 @@ class Exchange:
                                   request.method, environ["PATH_INFO"])
         if self.head_sent:  # reject() wrote its own line; a client gone before any answer gets none
             access_log_request(connection, request, self.code, self.sent)
-        if not reusable or not self.keep_alive or self.input_failed:
+        if self.input_failed:
+            return False
+        if not reusable:
+            if self.head_sent and not request.complete:
+                connection.linger()  # a 500 while the client still uploads: let it read the 500
+            return False
             return False
         return self._discard_body()
 
@@ -525,7 +560,7 @@ class Exchange:
             raise AssertionError("the application wrote a body before calling start_response()")
         request, connection = self.request, self.connection
         self.bodyless = request.method == "HEAD" or self.code in _BODYLESS_STATUS or self.code < 200
-        if self.close_requested or connection.server.closing:
+        if self.close_requested or connection.server.closing or self._body_ends_keep_alive():
             self.keep_alive = False
         framing = b""
         if self.length is not None:
@@ -645,26 +680,43 @@ class Exchange:
             self.input_failed = True
             raise
 
-    def _discard_body(self) -> bool:
-        """Skip what the application left unread of the body, so the next request can be parsed."""
+    def _body_ends_keep_alive(self) -> bool:
+        """Whether what is left of the request body already rules out another request on this
+        connection, so that the response head can say ``Connection: close``: a body the client
+        was never asked to send (``100-continue``), or more than DISCARD_LIMIT still to read."""
         request = self.request
         if request.complete:
-            request.body.clear()
-            return True
+            return False
         if request.expect_continue and not self.continue_sent:
-            return False  # the client may never send it: don't wait, close
-        discarded = 0
-        while not request.complete:
-            if discarded > DISCARD_LIMIT:
-                return False
-            discarded += len(request.body)
-            request.body.clear()
-            try:
-                self.connection.read_body(request)
-            except (HTTPError, OSError):
-                return False
+            return True
+        if request.content_length is None:
+            return False  # chunked: how much is left is unknown until it is read
+        return request.content_length - request.body_received + len(request.body) > DISCARD_LIMIT
+
+    def _discard_body(self) -> bool:
+        """Skip what the application left unread of the body, so the next request can be parsed;
+        True if the connection can serve another request. When it cannot and the client may
+        still be sending, linger so that the client reads the response rather than a reset."""
+        request = self.request
+        connection = self.connection
+        if self.keep_alive and not request.complete:
+            discarded = 0
+            while not request.complete and discarded <= DISCARD_LIMIT:
+                discarded += len(request.body)
+                request.body.clear()
+                try:
+                    connection.read_body(request)
+                except HTTPError as exc:
+                    if exc.status == 408:
+                        return False  # the client went silent: nothing to linger for
+                    break  # the rest of the body is malformed or too large: just close
+                except OSError:
+                    return False  # the client is gone
         request.body.clear()
-        return True
+        if request.complete:
+            return self.keep_alive
+        connection.linger()
+        return False
 
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:

@@ -8,10 +8,11 @@ LF or NUL is refused here and can never reach the wire.
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, SupportsIndex
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
@@ -131,12 +132,32 @@ def build_environ(base: dict[str, Any], request: Request, client_address: Any, w
     return environ
 
 
-class InputStream:
-    """``wsgi.input``: the request body, and never a byte past it.
+def _size(size: object) -> int:
+    """A read size as an int; -1 (to the end) for None and for negative sizes."""
+    if size is None:
+        return -1
+    if type(size) is int:
+        return size
+    if isinstance(size, SupportsIndex):
+        return operator.index(size)
+    raise TypeError(f"wsgi.input: size must be an int or None, not {type(size).__name__}")
 
-    Reads pull from the parser's body buffer and, when that is empty, ask the connection for more
-    (which sends ``100 Continue`` first if the client is waiting for it). At the end of the body
-    every read returns ``b""`` (``wsgi.input_terminated``), for Content-Length and chunked alike.
+
+class InputStream:
+    """``wsgi.input``: the request body with the semantics of a buffered binary file
+    (``io.BufferedReader``), and never a byte past it.
+
+    ``read(n)`` returns ``n`` bytes, fewer only at the end of the body; ``read()`` returns the rest
+    of it; ``readline(n)`` returns up to and including the next newline, at most ``n`` bytes;
+    iteration yields lines. Each blocks, asking the connection for more, until it has what it
+    needs: frameworks rely on it (Django reads ``request.body`` with one ``read(CONTENT_LENGTH)``),
+    and a short read would hand them a truncated body without any error. At the end of the
+    body every read returns ``b""`` (``wsgi.input_terminated``), for Content-Length and chunked
+    alike.
+
+    Reads take bytes from the parser's body buffer; when it holds too few, the connection reads
+    the socket (sending ``100 Continue`` first if the client is waiting for it). What the parser
+    puts there is the body alone, so a read can never take bytes of the next request.
     """
 
     __slots__ = ("_request", "_fetch")
@@ -145,33 +166,33 @@ class InputStream:
         self._request = request
         self._fetch = fetch  # blocks until the parser has more body for `request` or it is complete
 
-    def _fill(self) -> bool:
-        """Wait until there is body to read (True) or the body has ended (False). A read from the
-        socket can carry no body bytes at all (chunk sizes, trailers), so this loops."""
-        request = self._request
-        while not request.body:
-            if request.complete:
-                return False
-            self._fetch(request)
-        return True
-
     def read(self, size: int | None = -1) -> bytes:
-        body = self._request.body
-        if size is None or size < 0:
-            while not self._request.complete:
-                self._fetch(self._request)
+        request = self._request
+        body = request.body
+        size = _size(size)
+        if size < 0:
+            while not request.complete:
+                self._fetch(request)
+            size = len(body)
+        else:
+            # A socket read can carry no body bytes at all (chunk sizes, trailers): loop.
+            while len(body) < size and not request.complete:
+                self._fetch(request)
+        if size >= len(body):
             data = bytes(body)
             body.clear()
             return data
-        if size == 0 or not self._fill():
-            return b""
-        data = bytes(body[:size])
+        with memoryview(body) as view:
+            data = bytes(view[:size])
         del body[:size]
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
-        body = self._request.body
-        limit = sys.maxsize if size is None or size < 0 else size
+        request = self._request
+        body = request.body
+        limit = _size(size)
+        if limit < 0:
+            limit = sys.maxsize
         scanned = 0
         while True:
             end = body.find(b"\n", scanned, limit)
@@ -179,15 +200,21 @@ class InputStream:
                 end += 1
                 break
             scanned = len(body)
-            if scanned >= limit or self._request.complete:
-                end = min(scanned, limit)
+            if scanned >= limit:
+                end = limit
                 break
-            self._fetch(self._request)
-        data = bytes(body[:end])
+            if request.complete:
+                end = scanned
+                break
+            self._fetch(request)
+        with memoryview(body) as view:
+            data = bytes(view[:end])
         del body[:end]
         return data
 
-    def readlines(self, hint: int = -1) -> list[bytes]:
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        """The remaining lines; with ``hint > 0``, stop once they add up to ``hint`` bytes."""
+        hint = _size(hint)
         lines, total = [], 0
         while line := self.readline():
             lines.append(line)
@@ -196,9 +223,24 @@ class InputStream:
                 break
         return lines
 
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        """Fill ``buffer`` (short only at the end of the body); return the number of bytes."""
+        with memoryview(buffer) as view, view.cast("B") as target:
+            data = self.read(len(target))
+            target[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def __iter__(self) -> InputStream:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
 
 
 class FileWrapper:
