@@ -452,13 +452,20 @@ def loadavg() -> str:
     return "?"
 
 
+def _run_position(name: str) -> float:
+    """Where ``name`` runs in a round: RUN_ORDER, a baseline server right after its twin."""
+    if name.startswith("baseline-"):
+        return RUN_ORDER.index(f"gearshift-{name.removeprefix('baseline-')}") + 0.5
+    return RUN_ORDER.index(name) if name in RUN_ORDER else len(RUN_ORDER)
+
+
 def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     logdir = RESULTS / f"logs-{stamp}"
     logdir.mkdir()
     meta: dict[str, Any] = {
-        "date": stamp, "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "date": stamp, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "cpus": os.cpu_count(), "loadavg_start": loadavg(), "versions": versions(),
     }  # fmt: skip
     records: list[dict[str, Any]] = []
@@ -469,7 +476,7 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
         f.write(WRK_LUA)
         lua = Path(f.name)
     try:
-        run_order = sorted(names, key=lambda n: RUN_ORDER.index(n) if n in RUN_ORDER else len(RUN_ORDER))
+        run_order = sorted(names, key=_run_position)
         for rnd in range(args.rounds):
             order = run_order if rnd % 2 == 0 else list(reversed(run_order))
             for name in order:
@@ -622,6 +629,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-latest", action="store_true", help=f"don't overwrite {LATEST_MD.name}")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="path to wrk")
+    p.add_argument("--baseline", metavar="DIR", type=Path,
+                   help="also run baseline-sync/-thread/-fork: gearshift imported from DIR/src (a checkout of "
+                        "another commit, e.g. `git worktree add /tmp/base HEAD~1`), each right after its twin")
     p.add_argument("--report", metavar="JSON", help="instead: re-print the table of an earlier results JSON")
     p.add_argument("--profile", metavar="SERVER", help="instead: profile one server (e.g. gearshift-sync) under load")
     p.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
@@ -636,7 +646,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(records, ran)
         print(markdown(summary, evaluate_bars(summary, records), meta), end="")
         return 0
+    baseline: list[str] = []
+    if args.baseline:
+        src = (args.baseline / "src").resolve()
+        if not (src / "gearshift" / "__init__.py").is_file():
+            p.error(f"--baseline {args.baseline}: no src/gearshift/__init__.py there")
+        baseline = http_servers.add_baseline(src)
+        compile_gearshift(env={**os.environ, "PYTHONPATH": str(src)})
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(http_servers.SERVERS)
+    if args.only:
+        names += [b for b in baseline if f"gearshift-{b.removeprefix('baseline-')}" in names and b not in names]
     unknown = [n for n in names if n not in http_servers.SERVERS]
     if unknown:
         p.error(f"unknown server(s) {unknown}; choose from {', '.join(http_servers.SERVERS)}")

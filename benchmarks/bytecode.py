@@ -19,6 +19,7 @@ _COMPILE = (
 )
 
 
-def compile_gearshift(python: str = sys.executable) -> None:
-    """Write ``__pycache__`` for the gearshift that ``python`` imports (a no-op when up to date)."""
-    subprocess.run([python, "-c", _COMPILE], check=True)
+def compile_gearshift(python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+    """Write ``__pycache__`` for the gearshift that ``python`` imports with ``env`` (a no-op when
+    up to date)."""
+    subprocess.run([python, "-c", _COMPILE], check=True, env=env)

@@ -155,12 +155,13 @@ RUNNERS: dict[str, Callable[[int], None]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _popen(argv: Sequence[str], log_path: Path | None) -> subprocess.Popen:
+def _popen(argv: Sequence[str], log_path: Path | None, env: dict[str, str] | None = None) -> subprocess.Popen:
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
             list(argv),
             cwd=HERE,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -171,8 +172,29 @@ def _popen(argv: Sequence[str], log_path: Path | None) -> subprocess.Popen:
             log.close()
 
 
-def _entry(name: str, port: int, log_path: Path | None, python_args: Sequence[str] = ()) -> subprocess.Popen:
-    return _popen([sys.executable, *python_args, str(Path(__file__).resolve()), name, str(port)], log_path)
+def _entry(name: str, port: int, log_path: Path | None, python_args: Sequence[str] = (),
+           env: dict[str, str] | None = None) -> subprocess.Popen:
+    return _popen([sys.executable, *python_args, str(Path(__file__).resolve()), name, str(port)], log_path, env)
+
+
+def add_baseline(src: Path) -> list[str]:
+    """Register ``baseline-sync``, ``baseline-thread`` and ``baseline-fork``: the same gearshift
+    servers, importing gearshift from ``src`` (the ``src/`` folder of a checkout of another
+    commit) instead of the installed one, so that a change is measured against the commit
+    before it in one run, with the same background load. Returns the new names."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
+    names = []
+    for strategy in ("sync", "thread", "fork"):
+        name = f"baseline-{strategy}"
+
+        def start(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                  _runner: str = f"gearshift-{strategy}") -> subprocess.Popen:
+            return _entry(_runner, port, log_path, python_args, env)
+
+        SERVERS[name] = start
+        REQUIRES[name] = "gearshift"
+        names.append(name)
+    return names
 
 
 def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
