@@ -250,7 +250,8 @@ def test_two_plugins_providing_the_same_name(plugin_dir):
         gearshift.available_strategies()
     message = str(info.value)
     assert "'duplicated'" in message
-    for part in ("dup-one-dist 1.0", "'dupone'", "gs_dup_one.First", "dup-two-dist 1.0", "'duptwo'", "gs_dup_two.Second"):
+    for part in ("dup-one-dist 1.0", "'dupone'", "gs_dup_one.First",
+                 "dup-two-dist 1.0", "'duptwo'", "gs_dup_two.Second"):
         assert part in message
 
 
