@@ -70,11 +70,6 @@ def reserve_options(names: Iterable[str], owner: str) -> None:
         _registry = None  # strategies registered before are checked against the new names too
 
 
-def reserved_options() -> Mapping[str, str]:
-    """Reserved option names, each with the layer that reserved it."""
-    return MappingProxyType(dict(_reserved))
-
-
 def get_plugin_manager() -> pluggy.PluginManager:
     """The pluggy manager with the built-in and third-party plugins registered: call hooks as
     ``get_plugin_manager().hook.gearshift_add_options(parser=parser)``."""

@@ -240,9 +240,9 @@ def make_server(
     ``max_body_size``; see :class:`HTTPConfig`); a name that is neither raises ``TypeError``
     listing both sets (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"``
     for a Unix socket. ``port=0`` picks a free port (see ``server.server_address``). ``fd``
-    adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it binds to
-    ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). Call
-    ``serve_forever()`` on the result.
+    adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the
+    mode of a Unix socket it binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group
+    may connect). Call ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
     check_options(strategy_class, options, HTTP_OPTIONS, extra_label="HTTP options", renamed=RENAMED_OPTIONS)
@@ -259,4 +259,3 @@ def make_server(
         address, app, strategy_class, config=config, request_handler=request_handler,
         ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, umask=umask, **options,
     )
-
