@@ -8,6 +8,7 @@ and the HTTP code only reads its ``multithread``/``multiprocess`` flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import sys
 import weakref
@@ -83,7 +84,8 @@ class HTTPConfig:
         for name in _TIMEOUTS:
             value = getattr(self, name)
             unit = "bytes per second" if name.startswith("min_") else "seconds"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of {unit} >= 0 (and finite), not {value!r}")
         for name in ("head_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) == 0:
