@@ -62,7 +62,7 @@ def reset() -> None:
 
 def reserve_options(names: Iterable[str], owner: str) -> None:
     """Reserve option names for ``owner``, a layer that takes them next to a strategy's options
-    (``"HTTP (make_server)"``): no registered strategy may declare one."""
+    (``"the HTTP layer (make_server)"``): no registered strategy may declare one."""
     global _registry
     with _lock:
         for name in names:
