@@ -40,7 +40,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from . import __version__
 from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError
 from .core.listeners import create_listener
-from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
+from .core.plugins import (
+    available_strategies,
+    get_plugin_manager,
+    plugin_that_raised,
+    resolve_strategy,
+    strategy_origins,
+)
 
 if TYPE_CHECKING:
     import io
@@ -258,15 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
-    # Through hook_implementations(): without third-party plugins, pluggy is never imported.
     before = set(map(id, parser._actions))
-    for origin, add_options in hook_implementations("gearshift_add_options"):
-        try:
-            add_options(parser=parser)
-        except Exception as exc:
-            raise PluginError(
-                f"gearshift plugin {origin} failed in gearshift_add_options(): {type(exc).__name__}: {exc}"
-            ) from exc
+    hook = get_plugin_manager().hook
+    try:
+        hook.gearshift_add_options(parser=parser)
+    except Exception as exc:
+        raise PluginError(
+            f"gearshift plugin {plugin_that_raised(exc, 'gearshift_add_options')} failed in "
+            f"gearshift_add_options(): {type(exc).__name__}: {exc}"
+        ) from exc
     parser.set_defaults(_plugin_dests=sorted({a.dest for a in parser._actions if id(a) not in before}))
 
 

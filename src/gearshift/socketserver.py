@@ -10,22 +10,19 @@ are the stdlib's own. Stream sockets only: there are no datagram (UDP, Unix data
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable, KeysView
 from socketserver import (
     BaseRequestHandler,
     DatagramRequestHandler,
     StreamRequestHandler,
 )
+from typing import Any
 
 from .core.server import Server
 from .core.strategy import Strategy
 from .strategies.fork import ForkStrategy
 from .strategies.thread import ThreadStrategy
-
-TYPE_CHECKING = False  # not typing's: see core/strategy.py
-if TYPE_CHECKING:
-    import threading
-    from collections.abc import Callable, KeysView
-    from typing import Any
 
 __all__ = [
     "BaseRequestHandler",

@@ -1,6 +1,7 @@
 """Strategies come from plugins: the built-ins, and third parties found through REAL entry points
 (a ``*.dist-info`` directory with ``entry_points.txt`` on sys.path), and broken plugins give
-errors naming the entry point and the distribution."""
+errors naming the entry point and the distribution. The registry is cached: tests that install
+a plugin call ``gearshift.core.plugins.reset()``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from core_helpers import ask, serve
 from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
-from gearshift.core import strategy_origins
+from gearshift.core import plugins, strategy_origins
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -38,7 +39,8 @@ def gearshift_strategies():
 def plugin_dir(tmp_path, monkeypatch):
     """Returns ``install(module, source, dist=..., entry_point=...)``, which writes a module and a
     ``<dist>-<version>.dist-info`` declaring it under the ``gearshift.strategies`` group in a
-    directory on sys.path. The modules are dropped from sys.modules afterwards."""
+    directory on sys.path, and resets the registry. The modules are dropped from sys.modules and
+    the registry is reset again afterwards."""
     modules: list[str] = []
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -52,10 +54,13 @@ def plugin_dir(tmp_path, monkeypatch):
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         (info / "entry_points.txt").write_text(f"[gearshift.strategies]\n{entry_point} = {value or module}\n")
+        plugins.reset()
 
     yield install
     for module in modules:
         sys.modules.pop(module, None)
+    monkeypatch.undo()  # sys.path first: the registry rebuilt next must not see these plugins
+    plugins.reset()
 
 
 def test_builtin_strategies_are_available():
@@ -88,6 +93,7 @@ def test_third_party_strategy_through_a_real_entry_point(tmp_path, monkeypatch):
         assert "reversed-sync" not in gearshift.available_strategies()
         with monkeypatch.context() as patch:
             patch.syspath_prepend(str(tmp_path))
+            plugins.reset()
             strategies = gearshift.available_strategies()
             assert "reversed-sync" in strategies
             assert strategies["reversed-sync"].__module__ == "myplugin"
@@ -99,12 +105,34 @@ def test_third_party_strategy_through_a_real_entry_point(tmp_path, monkeypatch):
             with serve(server):
                 assert ask(server.server_address, "plugin") == "plugin"
                 assert ask(server.server_address, "again") == "again"
-        # sys.path restored: the registry is rebuilt without the plugin
+        # sys.path restored and the registry reset: the plugin is gone
+        plugins.reset()
         assert "reversed-sync" not in gearshift.available_strategies()
         with pytest.raises(gearshift.UnknownStrategyError):
             gearshift.Server(("127.0.0.1", 0), _Echo, strategy="reversed-sync")
     finally:
         sys.modules.pop("myplugin", None)
+        plugins.reset()
+
+
+def test_the_registry_is_cached_until_reset(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.reset()
+    assert "reversed-sync" not in gearshift.available_strategies()
+    (tmp_path / "gs_late.py").write_text(REVERSED_PLUGIN)
+    info = tmp_path / "late-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: late\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[gearshift.strategies]\nlate = gs_late\n")
+    try:
+        assert "reversed-sync" not in gearshift.available_strategies()  # installed after the first use
+        plugins.reset()
+        assert "reversed-sync" in gearshift.available_strategies()
+        assert plugins.get_plugin_manager().has_plugin("gearshift.strategies:late")
+    finally:
+        sys.modules.pop("gs_late", None)
+        monkeypatch.undo()
+        plugins.reset()
 
 
 class _Echo:
@@ -222,7 +250,8 @@ def test_two_plugins_providing_the_same_name(plugin_dir):
         gearshift.available_strategies()
     message = str(info.value)
     assert "'duplicated'" in message
-    for part in ("dup-one-dist 1.0", "'dupone'", "gs_dup_one.First", "dup-two-dist 1.0", "'duptwo'", "gs_dup_two.Second"):
+    for part in ("dup-one-dist 1.0", "'dupone'", "gs_dup_one.First",
+                 "dup-two-dist 1.0", "'duptwo'", "gs_dup_two.Second"):
         assert part in message
 
 
@@ -259,11 +288,22 @@ def test_hookimpl_is_pluggys_marker_for_gearshift():
     assert gearshift.core.hookimpl is gearshift.hookimpl
 
 
-def test_unmarked_hook_function_of_a_third_party_plugin_is_found(plugin_dir):
+def test_unmarked_hook_function_of_a_third_party_plugin_is_an_error(plugin_dir):
     plugin_dir("gs_unmarked", REVERSED_PLUGIN.replace("@gearshift.hookimpl\n", ""),
                dist="unmarked-dist", entry_point="unmarked")
-    assert gearshift.available_strategies()["reversed-sync"].__module__ == "gs_unmarked"
-    assert "unmarked-dist 1.0" in strategy_origins()["reversed-sync"]
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "unmarked-dist 1.0" in message and "'unmarked'" in message
+    assert "gearshift_strategies() without @gearshift.hookimpl" in message
+
+
+def test_builtin_strategy_modules_are_marked_plugins():
+    pm = plugins.get_plugin_manager()
+    for name in ("sync", "thread", "fork"):
+        module = sys.modules[f"gearshift.strategies.{name}"]
+        assert pm.is_registered(module)
+        assert hasattr(module.gearshift_strategies, "gearshift_impl")  # @gearshift.hookimpl's mark
 
 
 def test_marked_function_that_is_not_a_hook_is_an_error(plugin_dir):
@@ -280,9 +320,7 @@ def test_marked_function_that_is_not_a_hook_is_an_error(plugin_dir):
     assert "gearshift_add_options, gearshift_strategies" in message
 
 
-def test_hook_implementations_get_only_the_arguments_they_declare(plugin_dir):
-    from gearshift.core.plugins import hook_implementations
-
+def test_add_options_hook_through_pluggy_passes_only_declared_arguments(plugin_dir):
     plugin_dir("gs_options", textwrap.dedent('''\
         import gearshift
         seen = []
@@ -290,10 +328,66 @@ def test_hook_implementations_get_only_the_arguments_they_declare(plugin_dir):
         def gearshift_add_options():  # declares none of the hook's arguments, as pluggy allows
             seen.append("called")
         '''), dist="options-dist", entry_point="options")
-    calls = hook_implementations("gearshift_add_options")
-    assert [origin for origin, _ in calls] == ["options-dist 1.0 (entry point 'options' = 'gs_options')"]
-    calls[0][1](parser=object())
+    plugins.get_plugin_manager().hook.gearshift_add_options(parser=object())
     assert sys.modules["gs_options"].seen == ["called"]
+
+
+def test_the_plugin_whose_hook_raised_is_named(plugin_dir):
+    plugin_dir("gs_options_raise", textwrap.dedent('''\
+        import gearshift
+        def helper(parser):
+            raise ValueError("no such group")
+        @gearshift.hookimpl
+        def gearshift_add_options(parser):
+            helper(parser)
+        '''), dist="raising-options-dist", entry_point="raisingoptions")
+    with pytest.raises(ValueError) as info:
+        plugins.get_plugin_manager().hook.gearshift_add_options(parser=object())
+    origin = plugins.plugin_that_raised(info.value, "gearshift_add_options")
+    assert origin == "raising-options-dist 1.0 (entry point 'raisingoptions' = 'gs_options_raise')"
+
+
+RESERVED_OPTION_PLUGIN = '''\
+import gearshift
+class Slow(gearshift.Strategy):
+    name = "slow"
+    def __init__(self, server, *, head_timeout=1.0):
+        super().__init__(server)
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [Slow]
+'''
+
+
+def test_a_strategy_option_named_like_an_http_option_is_refused_at_registration(plugin_dir):
+    plugin_dir("gs_reserved", RESERVED_OPTION_PLUGIN, dist="reserved-dist", entry_point="reserved")
+    with pytest.raises(gearshift.PluginError) as info:
+        gearshift.available_strategies()
+    message = str(info.value)
+    assert "strategy 'slow'" in message and "reserved-dist 1.0" in message
+    assert "'head_timeout'" in message and "HTTP layer" in message
+
+
+def test_reserving_an_option_name_rechecks_registered_strategies(plugin_dir):
+    source = RESERVED_OPTION_PLUGIN.replace("head_timeout", "grace_period")
+    plugin_dir("gs_reserved_later", source, dist="later-dist", entry_point="later")
+    assert "slow" in gearshift.available_strategies()
+    try:
+        plugins.reserve_options(["grace_period"], owner="a test layer")
+        with pytest.raises(gearshift.PluginError, match="'grace_period', which a test layer reserves"):
+            gearshift.available_strategies()
+    finally:
+        plugins._reserved.pop("grace_period", None)
+        plugins.reset()
+
+
+def test_a_process_using_only_builtin_strategies_does_not_import_ssl():
+    """``ssl`` is imported only for TLS: a plain server never loads it."""
+    out = subprocess.run([sys.executable, "-c", BUILTIN_ONLY_PROCESS], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.strip() == "", f"imported: {out.strip()}"
 
 
 BUILTIN_ONLY_PROCESS = """
@@ -301,14 +395,5 @@ import sys, socketserver, gearshift
 for name in ("sync", "thread", "fork"):
     gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=name).server_close()
 assert sorted(gearshift.available_strategies()) == ["fork", "sync", "thread"]
-heavy = ("pluggy", "inspect", "typing", "dataclasses", "importlib.metadata", "logging", "ssl")
-print(" ".join(name for name in heavy if name in sys.modules))
+print("ssl" if "ssl" in sys.modules else "")
 """
-
-
-def test_a_process_using_only_builtin_strategies_does_not_import_pluggy():
-    """Every module a fork()ing parent holds is copied on every request (see core/plugins.py):
-    without third-party plugins, the core loads neither pluggy nor what pluggy needs."""
-    out = subprocess.run([sys.executable, "-c", BUILTIN_ONLY_PROCESS], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    assert out.strip() == "", f"imported: {out.strip()}"

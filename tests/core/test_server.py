@@ -27,6 +27,7 @@ from core_helpers import (
 from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
+from gearshift.core import check_options
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -656,12 +657,38 @@ def test_keyword_only_parameters_are_the_options(strategy):
     assert defaults["level"] == 1
     assert repr(defaults["label"]) == "<required>"
     with pytest.raises(TypeError) as info:
-        strategy.check_options({"level": 2, "lable": "x"})
+        check_options(strategy, {"level": 2, "lable": "x"})
     assert "'lable'" in str(info.value) and "label, level" in str(info.value)
-    strategy.check_options({"level": 2, "label": "x"})
+    check_options(strategy, {"level": 2, "label": "x"})
+
+
+def test_an_unknown_option_suggests_a_close_name_and_lists_the_accepted_ones():
+    with pytest.raises(TypeError) as info:
+        gearshift.Server(LOCALHOST, LineHandler, strategy="thread", deamon_threads=True)
+    assert str(info.value) == (
+        "unexpected option 'deamon_threads' (did you mean 'daemon_threads'?): "
+        "strategy 'thread' accepts: block_on_close, daemon_threads"
+    )
+    with pytest.raises(TypeError, match="^unexpected options 'a', 'b': strategy 'sync' accepts no options$"):
+        gearshift.Server(LOCALHOST, LineHandler, b=1, a=2)
+
+
+def test_check_options_takes_the_options_of_a_layer_above_the_core():
+    check_options(_Plain, {"label": "x", "colour": "red"}, ["colour", "size"], extra_label="paint options")
+    with pytest.raises(TypeError) as info:
+        check_options(_Plain, {"label": "x", "sise": 1}, ["colour", "size"], extra_label="paint options")
+    assert str(info.value) == (
+        "unexpected option 'sise' (did you mean 'size'?): strategy 'plain-test' accepts: label, level; "
+        "paint options: colour, size"
+    )
+    with pytest.raises(TypeError, match="^option 'color' was renamed: use colour$"):
+        check_options(_Plain, {"color": "red"}, ["colour"], renamed={"color": "colour"})
+    with pytest.raises(TypeError, match="strategy 'plain-test' declares the option 'level', which is also one of "
+                                        "the paint options"):
+        check_options(_Plain, {}, ["level"], extra_label="paint options")
 
 
 def test_a_strategy_taking_any_keyword_accepts_every_option():
-    _AnyOptions.check_options({"whatever": 1})
+    check_options(_AnyOptions, {"whatever": 1})
     with gearshift.Server(LOCALHOST, LineHandler, strategy=_AnyOptions, whatever=1) as server:
         assert server.strategy.options == {"whatever": 1}

@@ -52,6 +52,48 @@ def test_option_errors_name_the_option_and_list_the_valid_ones():
         gearshift.make_server("127.0.0.1", 0, "not an app")
 
 
+def test_an_unknown_option_lists_the_strategy_and_the_http_options_in_one_message():
+    with pytest.raises(TypeError) as info:
+        gearshift.make_server("127.0.0.1", 0, app, strategy="fork", max_chidren=3)
+    assert str(info.value).startswith(
+        "unexpected option 'max_chidren' (did you mean 'max_children'?): strategy 'fork' accepts: "
+        "block_on_close, freeze_gc, max_children; HTTP options: body_timeout, head_timeout, keep_alive_timeout, "
+    )
+
+
+class _TakesHeadTimeout(gearshift.Strategy):
+    name = "takes-head-timeout"
+
+    def __init__(self, server, *, head_timeout: float = 1.0) -> None:
+        super().__init__(server)
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+def test_a_strategy_class_whose_option_is_an_http_option_is_refused():
+    with pytest.raises(TypeError, match="strategy 'takes-head-timeout' declares the option 'head_timeout', which is "
+                                        "also one of the HTTP options"):
+        gearshift.make_server("127.0.0.1", 0, app, strategy=_TakesHeadTimeout, head_timeout=3)
+
+
+class _AnyOptions(gearshift.Strategy):
+    name = "any-options-http-test"
+
+    def __init__(self, server, **options) -> None:
+        super().__init__(server)
+        self.options = options
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+def test_a_strategy_taking_any_keyword_gets_every_option_that_is_not_http():
+    with gearshift.make_server("127.0.0.1", 0, app, strategy=_AnyOptions, colour="red", head_timeout=3) as server:
+        assert server.strategy.options == {"colour": "red"}
+        assert server.config.head_timeout == 3
+
+
 def test_unix_socket(tmp_path):
     path = tmp_path / "http.sock"
     with gearshift.make_server(f"unix:{path}", 0, app) as server, serving(server):

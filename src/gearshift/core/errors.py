@@ -29,8 +29,9 @@ class StrategyUnavailableError(GearshiftError, RuntimeError):
 
 
 class PluginError(GearshiftError, RuntimeError):
-    """A third-party plugin is broken: it failed to import, or returned something that is not a
-    Strategy, or clashes with another plugin's strategy name.
+    """A third-party plugin is broken: it failed to import, has a hook that is not gearshift's or
+    one without the marker, returned something that is not a Strategy, clashes with another
+    plugin's strategy name, or gives a strategy an option name that another layer reserves.
 
     The message names the entry point and the distribution that shipped it, because that is
     what the user has to uninstall or fix.

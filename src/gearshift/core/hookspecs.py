@@ -1,24 +1,18 @@
 """The hooks a gearshift plugin can implement. Read this file top to bottom to know the contract.
 
-A plugin is any module or object with functions named like the hooks below. Mark them
-``@gearshift.hookimpl`` (pluggy's marker for project "gearshift"), as third-party plugins
-usually do; an unmarked function with exactly a hook's name is recognised too, which is how the
-built-in strategy modules stay importable without pluggy (see ``plugins.py``). Use the marker
-for pluggy's options (``tryfirst``, ``trylast``, ``wrapper``, ...). A marked function whose name
-is not a gearshift hook is an error, not ignored. Built-in strategies are plugins registered
-exactly like third-party ones; third parties are found through the ``gearshift.strategies``
-entry-point group, whose entries name a module or object to register::
+A plugin is a module (or any object) whose hook functions are marked ``@gearshift.hookimpl``,
+pluggy's marker for project "gearshift"; the marker also takes pluggy's options (``tryfirst``,
+``trylast``, ``wrapper``, ...). A marked function whose name is not a gearshift hook, or a hook
+function left unmarked, is an error naming the plugin, not ignored. Built-in strategies are
+plugins registered exactly like third-party ones; third parties are found through the
+``gearshift.strategies`` entry-point group, whose entries name a module or object to register::
 
     [project.entry-points."gearshift.strategies"]
     reversed = "myplugin"
-
-This module imports pluggy: gearshift imports it only when a plugin manager is needed.
 """
 
 from __future__ import annotations
 
-import inspect
-import sys
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -38,8 +32,9 @@ def gearshift_strategies() -> list[type[Strategy]]:
     """Return the Strategy subclasses this plugin provides.
 
     Called once per plugin when the registry is built. Each class must subclass
-    :class:`gearshift.Strategy` and have a non-empty ``name`` that no other plugin uses; a
-    violation raises :class:`gearshift.PluginError` naming this plugin, rather than being ignored.
+    :class:`gearshift.Strategy` and have a non-empty ``name`` that no other plugin uses, and its
+    options must not use a name another layer reserves (the HTTP options); a violation raises
+    :class:`gearshift.PluginError` naming this plugin, rather than being ignored.
     """
     raise NotImplementedError
 
@@ -55,25 +50,3 @@ def gearshift_add_options(parser: Any) -> None:
 
 
 HOOK_NAMES = ("gearshift_add_options", "gearshift_strategies")
-
-
-def _unmarked_options() -> Any:
-    """The options an unmarked hook function gets: the marker's defaults, whatever pluggy's version."""
-
-    def probe() -> None: ...
-
-    return dict(getattr(hookimpl(probe), f"{PROJECT}_impl"))
-
-
-class PluginManager(pluggy.PluginManager):
-    """pluggy's manager for project "gearshift", which also takes unmarked hook functions."""
-
-    def __init__(self) -> None:
-        super().__init__(PROJECT)
-        self.add_hookspecs(sys.modules[__name__])
-
-    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
-        opts = super().parse_hookimpl_opts(plugin, name)
-        if opts is None and name in HOOK_NAMES and inspect.isroutine(getattr(plugin, name, None)):
-            opts = _unmarked_options()
-        return opts

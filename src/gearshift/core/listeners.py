@@ -8,16 +8,13 @@ is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else is IPv4.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
-TYPE_CHECKING = False  # not typing's: the core does not import typing at run time (plugins.py)
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any
 
-from .logs import get_logger
-
-log = get_logger("gearshift")
+log = logging.getLogger("gearshift")
 
 #: The kernel caps the backlog at net.core.somaxconn; ask for plenty so bursts of connections
 #: wait in the kernel instead of being dropped and retried a second later (the stdlib asks for 5).

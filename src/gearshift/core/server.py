@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import os
 import select
@@ -34,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from .listeners import (
     DEFAULT_BACKLOG,
@@ -45,14 +47,9 @@ from .listeners import (
     create_listener,
 )
 from .plugins import resolve_strategy
-from .strategy import Address, Strategy
-from .logs import get_logger
+from .strategy import Address, Strategy, check_options
 
-TYPE_CHECKING = False  # not typing's: the core does not import typing at run time (plugins.py)
-if TYPE_CHECKING:
-    from typing import Any
-
-log = get_logger("gearshift")
+log = logging.getLogger("gearshift")
 
 #: How many connections one readiness event of a listener may accept before the loop looks at
 #: its other work again: enough to absorb a burst, few enough to stay fair to idle connections.
@@ -99,7 +96,7 @@ class Server:
         **options: Any,
     ) -> None:
         strategy_class = resolve_strategy(strategy)
-        strategy_class.check_options(options)
+        check_options(strategy_class, options)
         self.RequestHandlerClass = RequestHandlerClass
         self.drain_timeout = _check_drain_timeout(drain_timeout)
         #: Permission bits of a Unix socket this server binds: ``0o777 & ~umask`` (see bind()).

@@ -39,21 +39,19 @@ server uses it:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import socket
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Collection, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
-# Not ``typing.TYPE_CHECKING``: the core imports neither typing nor inspect at run time, because
-# every module a fork()ing parent holds is copied on every request (see plugins.py).
-TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ClassVar
-
     from .server import Server
 
 #: (host, port) for TCP, (host, port, flow, scope) for IPv6, str for Unix sockets.
-Address = tuple | str
-
-_CO_VARKEYWORDS = 0x08  # inspect.CO_VARKEYWORDS
+Address = tuple[Any, ...] | str
 
 
 class Strategy:
@@ -120,62 +118,43 @@ class Strategy:
     @classmethod
     def description(cls) -> str:
         """One line describing the strategy: the first line of its docstring."""
-        import inspect  # only the command's --list-strategies asks
-
         doc = inspect.getdoc(cls) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         """The options this strategy accepts, with their defaults, read from ``__init__``."""
-        return dict(_keyword_options(cls.__init__)[0])
+        return dict(_keyword_options(cls)[0])
 
     @classmethod
     def accepts_any_option(cls) -> bool:
         """Does ``__init__`` take ``**options``? Then no option name is refused up front."""
-        return _keyword_options(cls.__init__)[1]
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Raise ``TypeError`` naming any option this strategy does not accept."""
-        accepted, takes_any = _keyword_options(cls.__init__)
-        if takes_any:
-            return
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            names = ", ".join(repr(name) for name in unknown)
-            allowed = ", ".join(sorted(accepted)) or "no options"
-            raise TypeError(
-                f"strategy {cls.name!r} got unexpected option{'s' if len(unknown) > 1 else ''} "
-                f"{names}; it accepts: {allowed}"
-            )
+        return _keyword_options(cls)[1]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+_OPTIONS: weakref.WeakKeyDictionary[type[Strategy], tuple[Mapping[str, Any], bool]] = weakref.WeakKeyDictionary()
 
-def _keyword_options(init: Callable[..., object]) -> tuple[dict[str, Any], bool]:
-    """The keyword-only parameters of ``init`` with their defaults, and whether it takes
-    ``**kwargs``: read off the code object for a plain function (every strategy so far), through
-    ``inspect.signature`` for anything else (a decorated or C-level ``__init__``)."""
-    code = getattr(init, "__code__", None)
-    if code is None or hasattr(init, "__wrapped__"):
-        import inspect
 
-        params = inspect.signature(init).parameters.values()
-        return (
-            {
-                p.name: _REQUIRED if p.default is inspect.Parameter.empty else p.default
-                for p in params
-                if p.kind is inspect.Parameter.KEYWORD_ONLY
-            },
-            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
-        )
-    first = code.co_argcount
-    names = code.co_varnames[first:first + code.co_kwonlyargcount]
-    defaults = init.__kwdefaults__ or {}  # type: ignore[attr-defined]
-    return {name: defaults.get(name, _REQUIRED) for name in names}, bool(code.co_flags & _CO_VARKEYWORDS)
+def _keyword_options(strategy: type[Strategy]) -> tuple[Mapping[str, Any], bool]:
+    """The keyword-only parameters of ``strategy.__init__`` with their defaults, and whether it
+    takes ``**options``; read once per class."""
+    options = _OPTIONS.get(strategy)
+    if options is None:
+        options = _OPTIONS[strategy] = _read_keyword_options(strategy)
+    return options
+
+
+def _read_keyword_options(strategy: type[Strategy]) -> tuple[Mapping[str, Any], bool]:
+    parameters = inspect.signature(strategy.__init__).parameters.values()
+    defaults = {
+        p.name: _REQUIRED if p.default is inspect.Parameter.empty else p.default
+        for p in parameters
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    return MappingProxyType(defaults), any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 class _Required:
@@ -188,16 +167,61 @@ class _Required:
 _REQUIRED = _Required()
 
 
-# -- option validation shared by strategies (ValueError names the option and the bad value) -----
+# -- option validation: the one place option names are checked, and value helpers --------------
+
+
+def check_options(
+    strategy: type[Strategy],
+    options: Collection[str],
+    extra: Collection[str] = (),
+    *,
+    extra_label: str = "other options",
+    renamed: Mapping[str, str] | None = None,
+) -> None:
+    """Raise ``TypeError`` unless every name in ``options`` is an option of ``strategy`` or one of
+    ``extra``, the options a layer above the core takes next to the strategy's (the HTTP
+    layer's, listed as ``extra_label``). ``renamed`` maps old names to a hint
+    saying what replaced them.
+
+    The message names the unexpected options, suggests a close name when there is one, and
+    lists what is accepted: ``unexpected option 'max_chidren' (did you mean 'max_children'?):
+    strategy 'fork' accepts: block_on_close, freeze_gc, max_children``.
+    """
+    accepted, takes_any = _keyword_options(strategy)
+    shared = sorted(set(accepted) & set(extra))
+    if shared:
+        raise TypeError(
+            f"strategy {strategy.name!r} declares the option {shared[0]!r}, which is also one of the "
+            f"{extra_label}; the strategy must rename it"
+        )
+    unknown = [name for name in options if name not in extra and name not in accepted]
+    for name in unknown:
+        if renamed and name in renamed:
+            raise TypeError(f"option {name!r} was renamed: use {renamed[name]}")
+    if not unknown or takes_any:
+        return
+    candidates = [*accepted, *extra]
+    described = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, candidates, n=1)
+        described.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    plural = "s" if len(unknown) > 1 else ""
+    allowed = f"accepts: {', '.join(sorted(accepted))}" if accepted else "accepts no options"
+    message = f"unexpected option{plural} {', '.join(described)}: strategy {strategy.name!r} {allowed}"
+    if extra:
+        message += f"; {extra_label}: {', '.join(sorted(extra))}"
+    raise TypeError(message)
 
 
 def bool_option(option: str, value: object) -> bool:
+    """``value`` if it is True or False, else ``ValueError`` naming the option."""
     if not isinstance(value, bool):
         raise ValueError(f"{option} must be True or False, not {value!r}")
     return value
 
 
 def positive_int_option(option: str, value: object) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else ``ValueError`` naming the option."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{option} must be a whole number >= 1, not {value!r}")
     return value

@@ -16,6 +16,7 @@ Nothing here knows which strategy runs it: the only strategy facts it uses are t
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import socket
@@ -28,13 +29,12 @@ from typing import TYPE_CHECKING, Any
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, build_environ, check_response
-from ..core.logs import INFO, get_logger
 
 if TYPE_CHECKING:
     from .server import WSGIServer
 
-log = get_logger("gearshift")
-access_log = get_logger("gearshift.access")
+log = logging.getLogger("gearshift")
+access_log = logging.getLogger("gearshift.access")
 
 READ_SIZE = 65536
 #: Unread request body bytes we are willing to read and discard to keep a connection alive;
@@ -721,7 +721,7 @@ class Exchange:
 
 def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:
     """One line per request in the common log format, on logger ``gearshift.access``."""
-    if not access_log.isEnabledFor(INFO):
+    if not access_log.isEnabledFor(logging.INFO):
         return
     addr = connection.client_address
     host = addr[0] if type(addr) is tuple else "-"

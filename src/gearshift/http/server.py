@@ -8,6 +8,7 @@ and the HTTP code only reads its ``multithread``/``multiprocess`` flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import sys
 import weakref
@@ -16,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from ..core.plugins import resolve_strategy
+from ..core.plugins import reserve_options, resolve_strategy
 from ..core.server import Server
-from ..core.strategy import Strategy
+from ..core.strategy import Strategy, check_options
 from .connection import Connection, WSGIRequestHandler, enable_tls, http_date
 from .errors import HTTPError, ProtocolLimits
 from .wsgi import FileWrapper
@@ -83,7 +84,8 @@ class HTTPConfig:
         for name in _TIMEOUTS:
             value = getattr(self, name)
             unit = "bytes per second" if name.startswith("min_") else "seconds"
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a number of {unit} >= 0 (and finite), not {value!r}")
         for name in ("head_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) == 0:
@@ -101,6 +103,12 @@ class HTTPConfig:
         limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
         own = {k: options.pop(k) for k in _TIMEOUTS if k in options}
         return cls(limits=limits, **own)
+
+
+#: The HTTP options, as :func:`make_server` takes them next to the strategy's.
+HTTP_OPTIONS = tuple(HTTPConfig.option_names())
+# No strategy may declare an option with one of these names: make_server could not tell whose it is.
+reserve_options(HTTP_OPTIONS, owner="the HTTP layer (make_server)")
 
 
 class WSGIServer(Server):
@@ -232,14 +240,14 @@ def make_server(
     ``head_timeout``, ``body_timeout``, ``min_body_rate``, ``send_timeout``, ``min_send_rate``,
     ``max_request_line``, ``max_header_size``, ``max_headers``, ``max_header_block``,
     ``max_body_size``; see :class:`HTTPConfig`); a name that is neither raises ``TypeError``
-    listing both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
-    (see ``server.server_address``). ``fd`` adopts an already-bound listening socket, as
-    werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it binds to
-    ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). Call
-    ``serve_forever()`` on the result.
+    listing both sets (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"``
+    for a Unix socket. ``port=0`` picks a free port (see ``server.server_address``). ``fd``
+    adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the
+    mode of a Unix socket it binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group
+    may connect). Call ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
-    _check_options(strategy_class, options)
+    check_options(strategy_class, options, HTTP_OPTIONS, extra_label="HTTP options", renamed=RENAMED_OPTIONS)
     config = HTTPConfig.from_options(options)
     listener = None
     if fd is not None:
@@ -253,19 +261,3 @@ def make_server(
         address, app, strategy_class, config=config, request_handler=request_handler,
         ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, umask=umask, **options,
     )
-
-
-def _check_options(strategy: type[Strategy], options: dict[str, Any]) -> None:
-    http = set(HTTPConfig.option_names())
-    accepted = set(strategy.option_defaults())
-    unknown = sorted(set(options) - http - accepted)
-    renamed = [name for name in unknown if name in RENAMED_OPTIONS]
-    if renamed:
-        raise TypeError(f"make_server() option {renamed[0]!r} was renamed: use {RENAMED_OPTIONS[renamed[0]]}")
-    if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        raise TypeError(
-            f"make_server() got unexpected option{'s' if len(unknown) > 1 else ''} {names}; "
-            f"strategy {strategy.name!r} accepts: {', '.join(sorted(accepted)) or 'no options'}; "
-            f"HTTP options: {', '.join(sorted(http))}"
-        )

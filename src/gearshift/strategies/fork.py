@@ -28,6 +28,7 @@ process on gearshift's account (Python 3.12+ warns about that).
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import os
 import select
@@ -35,18 +36,15 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
+from typing import NoReturn
 
 from ..core.errors import StrategyUnavailableError
+from ..core.hookspecs import hookimpl
 from ..core.listeners import Waker
 from ..core.strategy import Address, Strategy, bool_option, positive_int_option
-from ..core.logs import get_logger
 
-TYPE_CHECKING = False  # not typing's: see core/strategy.py
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import NoReturn
-
-log = get_logger("gearshift")
+log = logging.getLogger("gearshift")
 
 # Blocked in the parent around fork(), so that a child cannot be killed by a SIGTERM that
 # server_close() sends before the child has installed its handler: the signal waits, pending.
@@ -344,6 +342,6 @@ def _flush_stdio() -> None:
                 pass
 
 
-# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
+@hookimpl
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ForkStrategy]

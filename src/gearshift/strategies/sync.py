@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy
 
 
@@ -22,6 +23,6 @@ class SyncStrategy(Strategy):
         server.shutdown_request(request)
 
 
-# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
+@hookimpl
 def gearshift_strategies() -> list[type[Strategy]]:
     return [SyncStrategy]

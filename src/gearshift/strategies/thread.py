@@ -8,14 +8,15 @@ ends, so bookkeeping is O(1) per request and nothing finished is retained even w
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import threading
 import time
 
+from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy, bool_option
-from ..core.logs import get_logger
 
-log = get_logger("gearshift")
+log = logging.getLogger("gearshift")
 
 
 class ThreadStrategy(Strategy):
@@ -77,6 +78,6 @@ class ThreadStrategy(Strategy):
             )
 
 
-# The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
+@hookimpl
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ThreadStrategy]
