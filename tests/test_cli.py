@@ -38,7 +38,8 @@ from cli_helpers import (
     write_dist_info,
     write_module,
 )
-from gearshift import cli, demo
+from gearshift import cli, demo, loader
+from gearshift.settings import Setting
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,7 +150,7 @@ def test_parse_bind_rejects(text: str, message: str) -> None:
     ],
 )
 def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, call: object) -> None:
-    spec = cli.parse_app_spec(text)
+    spec = loader.parse_app_spec(text)
     assert (spec.module, spec.path, spec.call, spec.file) == (module, path, call, None)
 
 
@@ -159,7 +160,7 @@ def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, ca
      ("/srv/site/hello.py:create()", "/srv/site/hello.py", ("create",))],
 )
 def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...] | None) -> None:
-    spec = cli.parse_app_spec(text)
+    spec = loader.parse_app_spec(text)
     assert (spec.file, spec.module, spec.path) == (file, "hello", path)
 
 
@@ -175,8 +176,8 @@ def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...]
     ],
 )
 def test_parse_app_spec_rejects(text: str, message: str) -> None:
-    with pytest.raises(cli.UsageError, match=message):
-        cli.parse_app_spec(text)
+    with pytest.raises(loader.AppSpecError, match=message):
+        loader.parse_app_spec(text)
 
 
 def _args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
@@ -251,7 +252,7 @@ def test_unknown_option_suggests_the_closest() -> None:
 def test_unknown_gearshift_variables_are_reported_with_the_closest_name() -> None:
     args = _args([], {"GEARSHIFT_MAX_CHILDRN": "3", "GEARSHIFT_STRATEGY": "fork", "GEARSHIFT_ZZZ": "1"})
     assert args.max_children is None
-    assert args._warnings == [
+    assert args.warnings == [
         "GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; did you mean GEARSHIFT_MAX_CHILDREN?",
         "GEARSHIFT_ZZZ is not a gearshift setting and is ignored (see 'gearshift --help' for the variables)",
     ]
@@ -280,12 +281,16 @@ def test_listen_fds_reads_and_unsets_the_environment() -> None:
 
 def test_strategy_options_pass_only_given_values_the_strategy_takes() -> None:
     from gearshift.strategies.fork import ForkStrategy
+    from gearshift.strategies.thread import ThreadStrategy
 
     args = _args(["--max-children", "3"])
-    args._plugin_dests = ["log_every", "max_children"]
-    args.log_every = 5  # a plugin option for another strategy: not passed
+    # an option a plugin added with parser.add_argument(), for another strategy: not passed
+    args.settings += (Setting("log_every", ("--log-every",), "", type=int, target="if-accepted"),)
+    args.log_every = 5
     assert cli.strategy_options(args, ForkStrategy) == {"max_children": 3}
     assert cli.strategy_options(_args([]), ForkStrategy) == {}
+    with pytest.raises(cli.UsageError, match=r"^--max-children \(GEARSHIFT_MAX_CHILDREN\) does not apply to strategy 'thread'"):
+        cli.strategy_options(args, ThreadStrategy)
 
 
 def test_list_strategies_table() -> None:
@@ -324,7 +329,7 @@ def _body(app: object) -> bytes:
     ],
 )
 def test_load_app(importable: Path, spec: str, body: bytes) -> None:
-    assert _body(cli.load_app(spec)) == body
+    assert _body(loader.load_app(spec)) == body
 
 
 @pytest.mark.parametrize(
@@ -346,8 +351,8 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
     ],
 )
 def test_load_app_errors(importable: Path, spec: str, message: str) -> None:
-    with pytest.raises(cli.CommandError, match=message):
-        cli.load_app(spec)
+    with pytest.raises(loader.AppLoadError, match=message):
+        loader.load_app(spec)
 
 
 @pytest.fixture
@@ -360,7 +365,7 @@ def restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               restore_sys_path: None) -> None:
     monkeypatch.chdir(tmp_path)
-    assert _body(cli.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
+    assert _body(loader.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
     assert sys.path[0] == str(app_dir)  # its directory is importable, as for the file itself
     # a file inside a package imports as part of it, so that its relative imports work
     package = tmp_path / "site" / "pkg"
@@ -374,7 +379,7 @@ def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest
             start_response("200 OK", [("Content-Length", str(len(BODY)))])
             return [BODY]
     """))
-    assert _body(cli.load_app("site/pkg/web.py:app")) == b"from a package"
+    assert _body(loader.load_app("site/pkg/web.py:app")) == b"from a package"
     assert sys.modules["pkg.web"].__file__ == str(package / "web.py")
 
 
@@ -391,8 +396,8 @@ def test_load_app_from_a_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("sub/app:app", "cannot import 'sub/app': no such file"),
     ]
     for spec, message in cases:
-        with pytest.raises(cli.CommandError, match=re.escape(message)):
-            cli.load_app(spec)
+        with pytest.raises(loader.AppLoadError, match=re.escape(message)):
+            loader.load_app(spec)
 
 
 # -- in-process: the demo app --------------------------------------------------------------------

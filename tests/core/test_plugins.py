@@ -294,21 +294,3 @@ def test_hook_implementations_get_only_the_arguments_they_declare(plugin_dir):
     assert [origin for origin, _ in calls] == ["options-dist 1.0 (entry point 'options' = 'gs_options')"]
     calls[0][1](parser=object())
     assert sys.modules["gs_options"].seen == ["called"]
-
-
-BUILTIN_ONLY_PROCESS = """
-import sys, socketserver, gearshift
-for name in ("sync", "thread", "fork"):
-    gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=name).server_close()
-assert sorted(gearshift.available_strategies()) == ["fork", "sync", "thread"]
-heavy = ("pluggy", "inspect", "typing", "dataclasses", "importlib.metadata", "logging", "ssl")
-print(" ".join(name for name in heavy if name in sys.modules))
-"""
-
-
-def test_a_process_using_only_builtin_strategies_does_not_import_pluggy():
-    """Every module a fork()ing parent holds is copied on every request (see core/plugins.py):
-    without third-party plugins, the core loads neither pluggy nor what pluggy needs."""
-    out = subprocess.run([sys.executable, "-c", BUILTIN_ONLY_PROCESS], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
-    assert out.strip() == "", f"imported: {out.strip()}"

@@ -37,9 +37,11 @@ import sys
 import time
 
 from ..core.errors import StrategyUnavailableError
+from ..core.hookspecs import hookimpl
 from ..core.listeners import Waker
 from ..core.strategy import Address, Strategy, bool_option, positive_int_option
 from ..core.logs import get_logger
+from ..settings import Setting
 
 TYPE_CHECKING = False  # not typing's: see core/strategy.py
 if TYPE_CHECKING:
@@ -347,3 +349,12 @@ def _flush_stdio() -> None:
 # The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ForkStrategy]
+
+
+# First, so that a third-party plugin whose option clashes with these is the one named.
+@hookimpl(tryfirst=True)
+def gearshift_add_options(parser: object) -> list[Setting]:
+    return [
+        Setting("max_children", ("--max-children",), "fork: most child processes at once (default 40)",
+                type=int, metavar="N"),
+    ]

@@ -12,8 +12,10 @@ import socket
 import threading
 import time
 
-from ..core.strategy import Address, Strategy, bool_option
+from ..core.hookspecs import hookimpl
 from ..core.logs import get_logger
+from ..core.strategy import Address, Strategy, bool_option
+from ..settings import Setting
 
 log = get_logger("gearshift")
 
@@ -80,3 +82,10 @@ class ThreadStrategy(Strategy):
 # The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ThreadStrategy]
+
+
+# First, so that a third-party plugin whose option clashes with these is the one named.
+@hookimpl(tryfirst=True)
+def gearshift_add_options(parser: object) -> list[Setting]:
+    return [Setting("daemon_threads", ("--daemon-threads",), "thread: do not wait for request threads on shutdown",
+                    kind="flag")]
