@@ -1009,6 +1009,73 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
     _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
 
 
+GREETER_PLUGIN = '''
+import gearshift
+from gearshift.settings import Setting
+
+
+class GreeterStrategy(gearshift.Strategy):
+    """Like sync, with options declared as Settings."""
+    name = "greeter"
+
+    def __init__(self, server, *, greeting="hi", loud=False):
+        super().__init__(server)
+        self.greeting, self.loud = greeting, loud
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [GreeterStrategy]
+
+
+@gearshift.hookimpl
+def gearshift_add_options(parser):
+    return [
+        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
+                check=lambda word: None if word.isalpha() else "must be letters only"),
+        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
+    ]
+'''
+
+
+def test_plugin_settings_get_a_variable_help_and_validation(tmp_path: Path) -> None:
+    """A plugin that returns Settings from gearshift_add_options gets what built-in options have."""
+    write_dist_info(tmp_path, "gearshift-greeter", "0.1", {"greeter": "greeter_plugin_mod"})
+    write_module(tmp_path, "greeter_plugin_mod", GREETER_PLUGIN)
+    env = clean_env(PYTHONPATH=str(tmp_path))
+    help_text = run_gearshift(["--help"], env=env).stdout
+    assert "--greeting WORD" in help_text and "[GEARSHIFT_GREETING]" in help_text and "[GEARSHIFT_LOUD]" in help_text
+    args = ["-b", "127.0.0.1:0", "-s", "greeter", "--loud"]
+    with GearshiftProcess(args, env={**env, "GEARSHIFT_GREETING": "hello"}) as server:
+        server.wait_ready()
+        assert "with strategy greeter (greeting=hello, loud=True)" in server.stderr
+        assert request(server.address(), "/")[0] == 200
+        assert server.stop() == 0
+    _assert_error(run_gearshift(["-s", "greeter", "--greeting", "h1"], env=env), 2, "--greeting must be letters only")
+    _assert_error(run_gearshift(["-s", "greeter"], env={**env, "GEARSHIFT_GREETING": "h1"}), 2,
+                  "GEARSHIFT_GREETING must be letters only")
+    # a declared setting names its strategy's option: given to another strategy, it is an error
+    _assert_error(run_gearshift(["-s", "sync", "--greeting", "hello"], env=env), 2,
+                  "--greeting (GEARSHIFT_GREETING) does not apply to strategy 'sync'")
+
+
+def test_plugin_options_that_are_not_settings_are_a_plugin_error(tmp_path: Path) -> None:
+    write_dist_info(tmp_path, "gearshift-odd", "0.1", {"odd": "odd_plugin_mod"})
+    write_module(tmp_path, "odd_plugin_mod", textwrap.dedent("""
+        import gearshift
+
+        @gearshift.hookimpl
+        def gearshift_add_options(parser):
+            return ["--odd"]
+    """))
+    result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
+    _assert_error(result, 1, "gearshift plugin gearshift-odd 0.1 (entry point 'odd' = 'odd_plugin_mod') failed in "
+                             "gearshift_add_options(): TypeError: it must return None or a list of")
+
+
 def test_example_strategy_serves_a_burst_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:
     import socketserver
     import threading
