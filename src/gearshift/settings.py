@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -144,7 +144,3 @@ class Setting:
 
 def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper().replace("-", "_")
-
-
-def settings_by_name(settings: Sequence[Setting]) -> dict[str, Setting]:
-    return {setting.name: setting for setting in settings}
