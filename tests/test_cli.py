@@ -23,7 +23,6 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
-
 from cli_helpers import (
     GEARSHIFT,
     BackgroundRequest,
@@ -38,6 +37,7 @@ from cli_helpers import (
     write_dist_info,
     write_module,
 )
+
 from gearshift import cli, demo, loader
 from gearshift.settings import Setting
 
@@ -156,7 +156,8 @@ def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, ca
 
 @pytest.mark.parametrize(
     ("text", "file", "path"),
-    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None), ("src/hello.py:app", "src/hello.py", ("app",)),
+    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None),
+     ("src/hello.py:app", "src/hello.py", ("app",)),
      ("/srv/site/hello.py:create()", "/srv/site/hello.py", ("create",))],
 )
 def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...] | None) -> None:
@@ -234,14 +235,16 @@ def test_access_log_takes_a_value_and_refuses_to_guess(importable: Path) -> None
     # "gearshift --access-log goodapp": a log file named goodapp while serving the demo, or the
     # app goodapp? Refused, rather than guessed either way.
     for value in ("goodapp", "goodapp:app", "mod:create_app()"):
-        with pytest.raises(cli.UsageError, match=rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"):
+        message = rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"
+        with pytest.raises(cli.UsageError, match=message):
             _args(["--access-log", value])
     with pytest.raises(cli.UsageError, match="^GEARSHIFT_ACCESS_LOG takes a file name"):
         _args([], {"GEARSHIFT_ACCESS_LOG": "goodapp"})
 
 
 def test_unknown_option_suggests_the_closest() -> None:
-    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"):
+    message = r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"
+    with pytest.raises(cli.UsageError, match=message):
         _args(["--max-chidren=4"])
     with pytest.raises(cli.UsageError, match=r"did you mean --keep-alive-timeout\?$"):
         _args(["mod:app", "--keepalive-timeout", "3"])
@@ -289,7 +292,8 @@ def test_strategy_options_pass_only_given_values_the_strategy_takes() -> None:
     args.log_every = 5
     assert cli.strategy_options(args, ForkStrategy) == {"max_children": 3}
     assert cli.strategy_options(_args([]), ForkStrategy) == {}
-    with pytest.raises(cli.UsageError, match=r"^--max-children \(GEARSHIFT_MAX_CHILDREN\) does not apply to strategy 'thread'"):
+    message = r"^--max-children \(GEARSHIFT_MAX_CHILDREN\) does not apply to strategy 'thread'"
+    with pytest.raises(cli.UsageError, match=message):
         cli.strategy_options(args, ThreadStrategy)
 
 
@@ -337,7 +341,8 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
     [
         ("nosuchmodule_xyz:app", "cannot import 'nosuchmodule_xyz': no module named 'nosuchmodule_xyz'"),
         ("goodapp.sub:app", "no module named 'goodapp.sub'"),
-        ("brokenapp:app", "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
+        ("brokenapp:app",
+         "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
         ("syntaxapp:app", r"error while importing 'syntaxapp': SyntaxError: .*syntaxapp.py, line 1"),
         ("goodapp:missing", "'goodapp' has no attribute 'missing'"),
         ("goodapp:holder.missing", "'goodapp.holder' has no attribute 'missing'"),
@@ -345,7 +350,8 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
         ("goodapp:holder.app.__name__", "is a str, not callable"),
         ("goodapp:NOTHING", "is None, not a WSGI application"),
         ("goodapp:NOT_CALLABLE()", "is an int, not a factory"),
-        ("goodapp:failing_factory()", "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
+        ("goodapp:failing_factory()",
+         "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
         ("goodapp:create_app(1, 2, 3)", "failed: TypeError"),
         ("goodapp:failing_factory", "takes no arguments.*'goodapp:failing_factory\\(\\)'"),
     ],
@@ -840,7 +846,8 @@ def test_umask_sets_the_mode_of_the_unix_sockets(tmp_path: Path) -> None:
 
 
 def test_module_given_as_a_file(app_dir: Path, tmp_path: Path) -> None:
-    for spec, cwd in [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]:
+    specs = [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]
+    for spec, cwd in specs:
         with GearshiftProcess([spec, "-b", "127.0.0.1:0", "-s", "sync"], cwd=cwd) as server:
             assert request(server.address(), "/")[2] == b"file"
             assert server.stop() == 0
@@ -876,10 +883,12 @@ ERROR_CASES = [
      "block_on_close, daemon_threads"),
     ("flag-of-another-strategy", ["-s", "sync"], {"GEARSHIFT_DAEMON_THREADS": "1"}, 2,
      "--daemon-threads (GEARSHIFT_DAEMON_THREADS) does not apply to strategy 'sync', whose options are: none"),
-    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, ": --keep-alive-timeout must be a number of seconds >= 0"),
+    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2,
+     ": --keep-alive-timeout must be a number of seconds >= 0"),
     ("not-a-number", ["--max-children", "lots"], {}, 2, "argument --max-children: invalid int value: 'lots'"),
     ("unknown-option", ["--bogus"], {}, 2, "unrecognized arguments: --bogus"),
-    ("misspelt-option", ["--max-chidren", "4"], {}, 2, "unrecognized arguments: --max-chidren; did you mean --max-children?"),
+    ("misspelt-option", ["--max-chidren", "4"], {}, 2,
+     "unrecognized arguments: --max-chidren; did you mean --max-children?"),
     ("bad-env-value", [], {"GEARSHIFT_MAX_CHILDREN": "lots"}, 2, "GEARSHIFT_MAX_CHILDREN: invalid value 'lots'"),
     ("bad-bind", ["-b", "localhost"], {}, 2, "bad bind address 'localhost'"),
     ("ipv6-without-brackets", ["-b", "::1:8000"], {}, 2, "put an IPv6 address in brackets"),
@@ -959,8 +968,8 @@ def test_plugin_option_clash(tmp_path: Path) -> None:
             parser.add_argument("--max-children", type=int)
     """))
     result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
-    _assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') failed in "
-                          "gearshift_add_options()")
+    _assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') "
+                             "failed in gearshift_add_options()")
     assert "conflicting option string: --max-children" in result.stderr
 
 
