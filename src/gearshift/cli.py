@@ -298,11 +298,10 @@ def build_parser() -> Parser:
         parser.groups[title] = parser.add_argument_group(title)
     for setting in SETTINGS:
         parser.add_setting(setting)
-        if setting.name == "strategy":
-            parser.groups[STRATEGY].add_argument(
-                "--list-strategies", action="store_true", help="list available strategies and exit"
-            )
-    _add_plugin_settings(parser)
+    parser.groups[STRATEGY].add_argument(
+        "--list-strategies", action="store_true", help="list available strategies and exit"
+    )
+    _add_plugin_settings(parser)  # the strategies' own options follow, in the "strategy" group
     return parser
 
 
@@ -395,7 +394,7 @@ def _unrecognized(parser: Parser, extras: list[str]) -> str:
 
 def _unknown_variables(settings: Sequence[Setting], environ: Mapping[str, str]) -> list[str]:
     """One warning per ``GEARSHIFT_*`` variable that no setting reads (a misspelling, usually)."""
-    known = {setting.env_name for setting in settings if setting.env}
+    known = {setting.env_name for setting in settings}
     # Compared without the prefix, which every name shares and would make any two look alike.
     suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
     warnings = []

@@ -52,7 +52,8 @@ class Setting:
     several values separated by spaces or commas; the command line replaces the environment's).
     ``type`` turns one text into a value (raising ``ValueError`` or
     ``argparse.ArgumentTypeError``); ``check`` returns a complaint such as ``"must be >= 0"``
-    about a converted value, or None.
+    about a converted value, or None. ``group`` is its section of ``--help``; ``target`` says
+    where its value goes (see :data:`Target`): a plugin's settings are its strategy's options.
     """
 
     name: str
@@ -61,13 +62,12 @@ class Setting:
     type: Callable[[str], Any] = str
     default: Any = None
     metavar: str | None = None
-    choices: tuple[str, ...] | None = None
+    choices: tuple[object, ...] | None = None
     kind: Literal["value", "flag", "list"] = "value"
     check: Callable[[Any], str | None] | None = None
     group: str = "strategy"
     target: Target = "strategy"
     keyword: str | None = None  # the make_server() keyword, when it is not ``name``
-    env: bool = True  # read GEARSHIFT_<NAME>
 
     @property
     def env_name(self) -> str:
@@ -85,7 +85,7 @@ class Setting:
     def add_to(self, container: Any) -> argparse.Action:
         """Add this setting to an argparse parser or argument group. Every option defaults to
         None, meaning "not given": the environment and ``default`` fill in after parsing."""
-        env = f" [{self.env_name}]" if self.env and self.flags else ""
+        env = f" [{self.env_name}]" if self.flags else ""
         if not self.flags:
             action: argparse.Action = container.add_argument(
                 self.name, nargs="?", metavar=self.metavar, help=self.help
@@ -104,7 +104,7 @@ class Setting:
     def from_env(self, environ: Mapping[str, str]) -> Any:
         """The value ``GEARSHIFT_<NAME>`` gives, or None if it gives none."""
         name = self.env_name
-        raw = environ.get(name, "").strip() if self.env else ""
+        raw = environ.get(name, "").strip()
         if not raw:
             return None
         if self.kind == "flag":
@@ -126,7 +126,7 @@ class Setting:
         except (ValueError, TypeError):
             raise SettingError(f"{source}: invalid value {text!r}") from None
         if self.choices is not None and value not in self.choices:
-            raise SettingError(f"{source}: invalid choice {text!r} (choose from {', '.join(self.choices)})")
+            raise SettingError(f"{source}: invalid choice {text!r} (choose from {', '.join(map(str, self.choices))})")
         return value
 
     @classmethod
