@@ -297,6 +297,13 @@ def test_strategy_options_pass_only_given_values_the_strategy_takes() -> None:
         cli.strategy_options(args, ThreadStrategy)
 
 
+def test_a_setting_name_is_taken_once() -> None:
+    parser = cli.build_parser()
+    for name in ("max_children", "given", "warnings"):  # a built-in's, and the parsed command's own attributes
+        with pytest.raises(ValueError, match=f"a setting named '{name}' exists already"):
+            parser.add_setting(Setting(name, ("--other-" + name,), ""))
+
+
 def test_list_strategies_table() -> None:
     table = cli.format_strategies().splitlines()
     assert table[0].split() == ["NAME", "ORIGIN", "DESCRIPTION"]

@@ -243,8 +243,7 @@ class Parser(argparse.ArgumentParser):
         raise _Exit(status)
 
     def add_setting(self, setting: Setting) -> None:
-        if any(known.name == setting.name for known in self.settings):
-            raise ValueError(f"a setting named {setting.name!r} exists already")
+        self._check_name(setting.name)
         if not setting.flags:
             setting.add_to(self)
         else:
@@ -259,12 +258,16 @@ class Parser(argparse.ArgumentParser):
         if not action.option_strings:
             return
         setting = Setting.from_action(action)
-        if any(known.name == setting.name for known in self.settings):
-            raise ValueError(f"a setting named {setting.name!r} exists already")
+        self._check_name(setting.name)
         if action.help != argparse.SUPPRESS:
             action.help = f"{action.help or ''} [{setting.env_name}]".lstrip()
         self.set_defaults(**{action.dest: None})
         self.settings.append(setting)
+
+
+    def _check_name(self, name: str) -> None:
+        if name in Arguments.RESERVED or any(known.name == name for known in self.settings):
+            raise ValueError(f"a setting named {name!r} exists already")
 
 
 class _PluginParser:
@@ -330,6 +333,8 @@ class Arguments(argparse.Namespace):
     """The parsed command: an attribute per setting (its value, or its default), ``given`` (how
     each given setting was given: its flag or its variable, for error messages), ``settings``
     (the table) and ``warnings`` (for the log, once it is set up)."""
+
+    RESERVED = frozenset({"settings", "given", "warnings", "list_strategies"})
 
     def __init__(self, settings: Sequence[Setting] = ()) -> None:
         super().__init__()
