@@ -13,8 +13,8 @@ import threading
 import time
 
 from ..core.hookspecs import hookimpl
-from ..core.logs import get_logger
 from ..core.strategy import Address, Strategy, bool_option
+from ..core.logs import get_logger
 from ..settings import Setting
 
 log = get_logger("gearshift")
