@@ -23,7 +23,6 @@ from wsgiref.util import setup_testing_defaults
 from wsgiref.validate import validator
 
 import pytest
-
 from cli_helpers import (
     GEARSHIFT,
     BackgroundRequest,
@@ -38,7 +37,9 @@ from cli_helpers import (
     write_dist_info,
     write_module,
 )
-from gearshift import cli, demo
+
+from gearshift import cli, demo, loader
+from gearshift.settings import Setting
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -149,17 +150,18 @@ def test_parse_bind_rejects(text: str, message: str) -> None:
     ],
 )
 def test_parse_app_spec(text: str, module: str, path: tuple[str, ...] | None, call: object) -> None:
-    spec = cli.parse_app_spec(text)
+    spec = loader.parse_app_spec(text)
     assert (spec.module, spec.path, spec.call, spec.file) == (module, path, call, None)
 
 
 @pytest.mark.parametrize(
     ("text", "file", "path"),
-    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None), ("src/hello.py:app", "src/hello.py", ("app",)),
+    [("./hello.py:app", "./hello.py", ("app",)), ("hello.py", "hello.py", None),
+     ("src/hello.py:app", "src/hello.py", ("app",)),
      ("/srv/site/hello.py:create()", "/srv/site/hello.py", ("create",))],
 )
 def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...] | None) -> None:
-    spec = cli.parse_app_spec(text)
+    spec = loader.parse_app_spec(text)
     assert (spec.file, spec.module, spec.path) == (file, "hello", path)
 
 
@@ -175,8 +177,8 @@ def test_parse_app_spec_takes_a_file(text: str, file: str, path: tuple[str, ...]
     ],
 )
 def test_parse_app_spec_rejects(text: str, message: str) -> None:
-    with pytest.raises(cli.UsageError, match=message):
-        cli.parse_app_spec(text)
+    with pytest.raises(loader.AppSpecError, match=message):
+        loader.parse_app_spec(text)
 
 
 def _args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Namespace:
@@ -233,14 +235,16 @@ def test_access_log_takes_a_value_and_refuses_to_guess(importable: Path) -> None
     # "gearshift --access-log goodapp": a log file named goodapp while serving the demo, or the
     # app goodapp? Refused, rather than guessed either way.
     for value in ("goodapp", "goodapp:app", "mod:create_app()"):
-        with pytest.raises(cli.UsageError, match=rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"):
+        message = rf"^--access-log takes a file name .* is '{re.escape(value)}' the application\?"
+        with pytest.raises(cli.UsageError, match=message):
             _args(["--access-log", value])
     with pytest.raises(cli.UsageError, match="^GEARSHIFT_ACCESS_LOG takes a file name"):
         _args([], {"GEARSHIFT_ACCESS_LOG": "goodapp"})
 
 
 def test_unknown_option_suggests_the_closest() -> None:
-    with pytest.raises(cli.UsageError, match=r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"):
+    message = r"^unrecognized arguments: --max-chidren=4; did you mean --max-children\?$"
+    with pytest.raises(cli.UsageError, match=message):
         _args(["--max-chidren=4"])
     with pytest.raises(cli.UsageError, match=r"did you mean --keep-alive-timeout\?$"):
         _args(["mod:app", "--keepalive-timeout", "3"])
@@ -251,7 +255,7 @@ def test_unknown_option_suggests_the_closest() -> None:
 def test_unknown_gearshift_variables_are_reported_with_the_closest_name() -> None:
     args = _args([], {"GEARSHIFT_MAX_CHILDRN": "3", "GEARSHIFT_STRATEGY": "fork", "GEARSHIFT_ZZZ": "1"})
     assert args.max_children is None
-    assert args._warnings == [
+    assert args.warnings == [
         "GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; did you mean GEARSHIFT_MAX_CHILDREN?",
         "GEARSHIFT_ZZZ is not a gearshift setting and is ignored (see 'gearshift --help' for the variables)",
     ]
@@ -280,12 +284,24 @@ def test_listen_fds_reads_and_unsets_the_environment() -> None:
 
 def test_strategy_options_pass_only_given_values_the_strategy_takes() -> None:
     from gearshift.strategies.fork import ForkStrategy
+    from gearshift.strategies.thread import ThreadStrategy
 
     args = _args(["--max-children", "3"])
-    args._plugin_dests = ["log_every", "max_children"]
-    args.log_every = 5  # a plugin option for another strategy: not passed
+    # an option a plugin added with parser.add_argument(), for another strategy: not passed
+    args.settings += (Setting("log_every", ("--log-every",), "", type=int, target="if-accepted"),)
+    args.log_every = 5
     assert cli.strategy_options(args, ForkStrategy) == {"max_children": 3}
     assert cli.strategy_options(_args([]), ForkStrategy) == {}
+    message = r"^--max-children \(GEARSHIFT_MAX_CHILDREN\) does not apply to strategy 'thread'"
+    with pytest.raises(cli.UsageError, match=message):
+        cli.strategy_options(args, ThreadStrategy)
+
+
+def test_a_setting_name_is_taken_once() -> None:
+    parser = cli.build_parser()
+    for name in ("max_children", "given", "warnings"):  # a built-in's, and the parsed command's own attributes
+        with pytest.raises(ValueError, match=f"a setting named '{name}' exists already"):
+            parser.add_setting(Setting(name, ("--other-" + name,), ""))
 
 
 def test_list_strategies_table() -> None:
@@ -324,7 +340,7 @@ def _body(app: object) -> bytes:
     ],
 )
 def test_load_app(importable: Path, spec: str, body: bytes) -> None:
-    assert _body(cli.load_app(spec)) == body
+    assert _body(loader.load_app(spec)) == body
 
 
 @pytest.mark.parametrize(
@@ -332,7 +348,8 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
     [
         ("nosuchmodule_xyz:app", "cannot import 'nosuchmodule_xyz': no module named 'nosuchmodule_xyz'"),
         ("goodapp.sub:app", "no module named 'goodapp.sub'"),
-        ("brokenapp:app", "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
+        ("brokenapp:app",
+         "error while importing 'brokenapp': ModuleNotFoundError: No module named 'no_such_dependency_abc'"),
         ("syntaxapp:app", r"error while importing 'syntaxapp': SyntaxError: .*syntaxapp.py, line 1"),
         ("goodapp:missing", "'goodapp' has no attribute 'missing'"),
         ("goodapp:holder.missing", "'goodapp.holder' has no attribute 'missing'"),
@@ -340,14 +357,15 @@ def test_load_app(importable: Path, spec: str, body: bytes) -> None:
         ("goodapp:holder.app.__name__", "is a str, not callable"),
         ("goodapp:NOTHING", "is None, not a WSGI application"),
         ("goodapp:NOT_CALLABLE()", "is an int, not a factory"),
-        ("goodapp:failing_factory()", "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
+        ("goodapp:failing_factory()",
+         "calling the factory 'goodapp:failing_factory\\(\\)' failed: RuntimeError: the factory broke"),
         ("goodapp:create_app(1, 2, 3)", "failed: TypeError"),
         ("goodapp:failing_factory", "takes no arguments.*'goodapp:failing_factory\\(\\)'"),
     ],
 )
 def test_load_app_errors(importable: Path, spec: str, message: str) -> None:
-    with pytest.raises(cli.CommandError, match=message):
-        cli.load_app(spec)
+    with pytest.raises(loader.AppLoadError, match=message):
+        loader.load_app(spec)
 
 
 @pytest.fixture
@@ -360,7 +378,7 @@ def restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               restore_sys_path: None) -> None:
     monkeypatch.chdir(tmp_path)
-    assert _body(cli.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
+    assert _body(loader.load_app(f"{app_dir}/goodapp.py:create_app('from a file')")) == b"from a file"
     assert sys.path[0] == str(app_dir)  # its directory is importable, as for the file itself
     # a file inside a package imports as part of it, so that its relative imports work
     package = tmp_path / "site" / "pkg"
@@ -374,7 +392,7 @@ def test_load_app_from_a_file(app_dir: Path, tmp_path: Path, monkeypatch: pytest
             start_response("200 OK", [("Content-Length", str(len(BODY)))])
             return [BODY]
     """))
-    assert _body(cli.load_app("site/pkg/web.py:app")) == b"from a package"
+    assert _body(loader.load_app("site/pkg/web.py:app")) == b"from a package"
     assert sys.modules["pkg.web"].__file__ == str(package / "web.py")
 
 
@@ -391,8 +409,8 @@ def test_load_app_from_a_file_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("sub/app:app", "cannot import 'sub/app': no such file"),
     ]
     for spec, message in cases:
-        with pytest.raises(cli.CommandError, match=re.escape(message)):
-            cli.load_app(spec)
+        with pytest.raises(loader.AppLoadError, match=re.escape(message)):
+            loader.load_app(spec)
 
 
 # -- in-process: the demo app --------------------------------------------------------------------
@@ -835,7 +853,8 @@ def test_umask_sets_the_mode_of_the_unix_sockets(tmp_path: Path) -> None:
 
 
 def test_module_given_as_a_file(app_dir: Path, tmp_path: Path) -> None:
-    for spec, cwd in [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]:
+    specs = [("./goodapp.py:create_app('file')", app_dir), (f"{app_dir}/goodapp.py:create_app('file')", tmp_path)]
+    for spec, cwd in specs:
         with GearshiftProcess([spec, "-b", "127.0.0.1:0", "-s", "sync"], cwd=cwd) as server:
             assert request(server.address(), "/")[2] == b"file"
             assert server.stop() == 0
@@ -871,10 +890,12 @@ ERROR_CASES = [
      "block_on_close, daemon_threads"),
     ("flag-of-another-strategy", ["-s", "sync"], {"GEARSHIFT_DAEMON_THREADS": "1"}, 2,
      "--daemon-threads (GEARSHIFT_DAEMON_THREADS) does not apply to strategy 'sync', whose options are: none"),
-    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2, ": --keep-alive-timeout must be a number of seconds >= 0"),
+    ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2,
+     ": --keep-alive-timeout must be a number of seconds >= 0"),
     ("not-a-number", ["--max-children", "lots"], {}, 2, "argument --max-children: invalid int value: 'lots'"),
     ("unknown-option", ["--bogus"], {}, 2, "unrecognized arguments: --bogus"),
-    ("misspelt-option", ["--max-chidren", "4"], {}, 2, "unrecognized arguments: --max-chidren; did you mean --max-children?"),
+    ("misspelt-option", ["--max-chidren", "4"], {}, 2,
+     "unrecognized arguments: --max-chidren; did you mean --max-children?"),
     ("bad-env-value", [], {"GEARSHIFT_MAX_CHILDREN": "lots"}, 2, "GEARSHIFT_MAX_CHILDREN: invalid value 'lots'"),
     ("bad-bind", ["-b", "localhost"], {}, 2, "bad bind address 'localhost'"),
     ("ipv6-without-brackets", ["-b", "::1:8000"], {}, 2, "put an IPv6 address in brackets"),
@@ -954,8 +975,8 @@ def test_plugin_option_clash(tmp_path: Path) -> None:
             parser.add_argument("--max-children", type=int)
     """))
     result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
-    _assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') failed in "
-                          "gearshift_add_options()")
+    _assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') "
+                             "failed in gearshift_add_options()")
     assert "conflicting option string: --max-children" in result.stderr
 
 
@@ -1002,6 +1023,73 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
         assert server.stop() == 0
     assert "connections served" not in server.stderr
     _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
+
+
+GREETER_PLUGIN = '''
+import gearshift
+from gearshift.settings import Setting
+
+
+class GreeterStrategy(gearshift.Strategy):
+    """Like sync, with options declared as Settings."""
+    name = "greeter"
+
+    def __init__(self, server, *, greeting="hi", loud=False):
+        super().__init__(server)
+        self.greeting, self.loud = greeting, loud
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [GreeterStrategy]
+
+
+@gearshift.hookimpl
+def gearshift_add_options(parser):
+    return [
+        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
+                check=lambda word: None if word.isalpha() else "must be letters only"),
+        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
+    ]
+'''
+
+
+def test_plugin_settings_get_a_variable_help_and_validation(tmp_path: Path) -> None:
+    """A plugin that returns Settings from gearshift_add_options gets what built-in options have."""
+    write_dist_info(tmp_path, "gearshift-greeter", "0.1", {"greeter": "greeter_plugin_mod"})
+    write_module(tmp_path, "greeter_plugin_mod", GREETER_PLUGIN)
+    env = clean_env(PYTHONPATH=str(tmp_path))
+    help_text = run_gearshift(["--help"], env=env).stdout
+    assert "--greeting WORD" in help_text and "[GEARSHIFT_GREETING]" in help_text and "[GEARSHIFT_LOUD]" in help_text
+    args = ["-b", "127.0.0.1:0", "-s", "greeter", "--loud"]
+    with GearshiftProcess(args, env={**env, "GEARSHIFT_GREETING": "hello"}) as server:
+        server.wait_ready()
+        assert "with strategy greeter (greeting=hello, loud=True)" in server.stderr
+        assert request(server.address(), "/")[0] == 200
+        assert server.stop() == 0
+    _assert_error(run_gearshift(["-s", "greeter", "--greeting", "h1"], env=env), 2, "--greeting must be letters only")
+    _assert_error(run_gearshift(["-s", "greeter"], env={**env, "GEARSHIFT_GREETING": "h1"}), 2,
+                  "GEARSHIFT_GREETING must be letters only")
+    # a declared setting names its strategy's option: given to another strategy, it is an error
+    _assert_error(run_gearshift(["-s", "sync", "--greeting", "hello"], env=env), 2,
+                  "--greeting (GEARSHIFT_GREETING) does not apply to strategy 'sync'")
+
+
+def test_plugin_options_that_are_not_settings_are_a_plugin_error(tmp_path: Path) -> None:
+    write_dist_info(tmp_path, "gearshift-odd", "0.1", {"odd": "odd_plugin_mod"})
+    write_module(tmp_path, "odd_plugin_mod", textwrap.dedent("""
+        import gearshift
+
+        @gearshift.hookimpl
+        def gearshift_add_options(parser):
+            return ["--odd"]
+    """))
+    result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
+    _assert_error(result, 1, "gearshift plugin gearshift-odd 0.1 (entry point 'odd' = 'odd_plugin_mod') failed in "
+                             "gearshift_add_options(): TypeError: it must return None or a list of")
 
 
 def test_example_strategy_serves_a_burst_newest_first(monkeypatch: pytest.MonkeyPatch) -> None:

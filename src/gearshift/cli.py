@@ -2,10 +2,11 @@
 
     gearshift [MODULE:APP] [options]        python -m gearshift [MODULE:APP] [options]
 
-This module is deliberately thin: it parses the command line (and ``GEARSHIFT_*`` environment
-variables), imports the application, builds a server with :func:`gearshift.make_server`, and
-turns the signals an operator sends into what a server is expected to do with them (see
-:class:`_Signals`). Everything that serves lives in the library.
+A thin layer over a table of settings (:class:`~gearshift.settings.Setting`): :data:`SETTINGS`
+plus the settings strategy plugins declare through ``gearshift_add_options`` (the built-in
+strategies included). The parser, the ``GEARSHIFT_*`` variables, ``--help`` and the
+``make_server()`` call are derived from it. Then the command imports the application
+(:mod:`gearshift.loader`), builds the server, and serves until a signal (:mod:`gearshift.signals`).
 
 Exit status: 0 after a requested stop (or ``--help``/``--version``/``--list-strategies``); 2 for
 a command line that cannot work whatever the machine (unknown option or strategy, bad value, bad
@@ -16,14 +17,10 @@ imported, the port is taken, a plugin is broken, ...). Errors are one line on st
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
-import dataclasses
 import difflib
 import errno
-import importlib
 import importlib.util
-import inspect
 import logging
 import os
 import re
@@ -31,50 +28,33 @@ import signal
 import socket
 import stat
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__
+from . import __version__, demo
 from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError
 from .core.listeners import create_listener
-from .core.plugins import (
-    available_strategies,
-    get_plugin_manager,
-    plugin_that_raised,
-    resolve_strategy,
-    strategy_origins,
-)
+from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
+from .core.strategy import Strategy
+from .http import make_server
+from .http.server import WSGIApp, WSGIServer
+from .loader import AppLoadError, AppSpecError, load_app
+from .settings import ENV_PREFIX, Setting, SettingError
+from .signals import Interrupted, Signals, exit_if_threads_remain
 
 if TYPE_CHECKING:
-    import io
     import ssl
 
 log = logging.getLogger("gearshift")
 access_log = logging.getLogger("gearshift.access")
 
 PROG = "gearshift"
-ENV_PREFIX = "GEARSHIFT_"
 DEFAULT_BIND = "127.0.0.1:8000"
-DEFAULT_STRATEGY = "thread"
-DEFAULT_GRACEFUL_TIMEOUT = 30.0
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s: %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-#: Strategy options the command has flags for; given explicitly, they always reach the server,
-#: so a flag the selected strategy does not take is an error rather than silently ignored.
-BUILTIN_STRATEGY_OPTIONS = ("max_children", "daemon_threads")
-#: HTTP options of make_server(), by argparse dest.
-HTTP_OPTIONS = (
-    "keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate",
-    "max_request_line", "max_header_size", "max_headers", "max_header_block", "max_body_size",
-)
-#: Options that are not read from the environment: they are actions, not settings.
-NOT_FROM_ENV = frozenset({"help", "version", "list_strategies"})
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 APP_SPEC = re.compile(r"^[A-Za-z_][\w.]*(:.+)?$")
 
 
@@ -84,6 +64,92 @@ class UsageError(Exception):
 
 class CommandError(Exception):
     """The command line is fine but serving failed: exit status 1."""
+
+
+# -- the settings --------------------------------------------------------------------------------
+
+
+def _octal(text: str) -> int:
+    """``--umask``: an octal number from 0 to 777, with or without a 0o prefix."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise argparse.ArgumentTypeError(f"expected an octal number from 0 to 777, e.g. 007, not {text!r}")
+    return int(digits, 8)
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else f"must be >= 0, not {value:g}"  # NaN fails too
+
+
+WHERE, STRATEGY, HTTP, PROCESS = "where to listen", "strategy", "HTTP limits and timeouts", "process"
+
+
+def _http(name: str, type: type[float] | type[int], metavar: str, help: str) -> Setting:
+    return Setting(name, ("--" + name.replace("_", "-"),), help, type=type, metavar=metavar, group=HTTP,
+                   target="server")
+
+
+#: The command's own settings and the server's; strategies add theirs (gearshift_add_options).
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "app", (), metavar="MODULE:APP", target="command",
+        help="the WSGI application: MODULE:NAME, MODULE:NAME.ATTR, MODULE:factory() or "
+             "MODULE:factory('arg', key=1) (literal arguments); the current directory is "
+             "importable, and MODULE may be the path of a .py file (path/to/app.py:app). "
+             "Without it, a built-in demo app is served.",
+    ),
+    Setting(
+        "bind", ("-b", "--bind"), kind="list", metavar="ADDRESS", group=WHERE, target="command",
+        help=f"HOST:PORT, [IPV6]:PORT or unix:/PATH; repeat to listen on several (default {DEFAULT_BIND})",
+    ),
+    Setting(
+        "fd", ("--fd",), kind="list", type=int, metavar="N", group=WHERE, target="command",
+        help="serve an inherited, already-bound listening socket on descriptor N; repeatable. "
+             "systemd socket activation (LISTEN_FDS/LISTEN_PID) is detected without it",
+    ),
+    Setting(
+        "umask", ("--umask",), type=_octal, metavar="OCTAL", group=WHERE, target="command",
+        help="Unix sockets the command creates get the mode 0777 & ~OCTAL (007: the owner and its "
+             "group may connect; default: the process umask)",
+    ),
+    Setting("certfile", ("--certfile",), "serve HTTPS with this certificate chain (PEM)", metavar="PATH",
+            group=WHERE, target="command"),
+    Setting("keyfile", ("--keyfile",), "the private key for --certfile, if not in that file", metavar="PATH",
+            group=WHERE, target="command"),
+    Setting("strategy", ("-s", "--strategy"), "concurrency strategy (default thread); see --list-strategies",
+            default="thread", metavar="NAME", group=STRATEGY, target="command"),
+    _http("keep_alive_timeout", float, "SECONDS",
+          "close idle keep-alive connections after this long; 0 disables keep-alive (default 5)"),
+    _http("head_timeout", float, "SECONDS", "total time a client has to send a request head; 408 past it (default 10)"),
+    _http("body_timeout", float, "SECONDS", "longest wait for request-body bytes (default 10)"),
+    _http("min_body_rate", float, "BYTES_PER_S",
+          "slowest request body, averaged over the waits for it; 0: none (default 500)"),
+    _http("send_timeout", float, "SECONDS", "longest wait for the client to take response bytes (default 10)"),
+    _http("min_send_rate", float, "BYTES_PER_S",
+          "slowest a client may take a response, averaged over the waits; 0: none (default 500)"),
+    _http("max_request_line", int, "BYTES", "longest request line; longer gets 414 (default 8190)"),
+    _http("max_header_size", int, "BYTES", "longest header line (default 8190)"),
+    _http("max_headers", int, "N", "most header lines (default 100)"),
+    _http("max_header_block", int, "BYTES", "largest total of the header lines (default 65536)"),
+    _http("max_body_size", int, "BYTES", "largest request body (default unlimited)"),
+    # The command's name for the library's drain_timeout (gunicorn's, which operators know).
+    Setting(
+        "graceful_timeout", ("--graceful-timeout",), type=float, default=30.0, metavar="SECONDS",
+        check=_not_negative, group=PROCESS, target="server", keyword="drain_timeout",
+        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30); "
+             "SIGQUIT stops at once",
+    ),
+    Setting("log_level", ("--log-level",), "level of the 'gearshift' logger (default info)", type=str.lower,
+            default="info", choices=LOG_LEVELS, group=PROCESS, target="command"),
+    Setting(
+        "access_log", ("--access-log",), metavar="PATH", group=PROCESS, target="command",
+        help="log one line per request in common log format to PATH (appended; SIGUSR1 reopens "
+             "it), or to stderr for '-' (default off)",
+    ),
+)
+GROUPS = (WHERE, STRATEGY, HTTP, PROCESS)
+#: Options that are actions rather than settings: not read from the environment.
+ACTIONS = ("-h", "--help", "--version", "--list-strategies")
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -102,16 +168,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             sys.stdout.write(format_strategies())
             return 0
         return serve(args, environ)
-    except UsageError as exc:
+    except (UsageError, AppSpecError) as exc:
         _error(str(exc), hint=True)
         return 2
-    except (CommandError, PluginError) as exc:
+    except (CommandError, AppLoadError, PluginError) as exc:
         _error(str(exc))
         return 1
     except KeyboardInterrupt:  # Ctrl+C before the signal handlers are in place
         _error("interrupted")
         return 130
-    except _Interrupted as exc:
+    except Interrupted as exc:
         _error(f"{signal.Signals(exc.signum).name} before serving began: not started")
         return 128 + exc.signum
     except _Exit as exc:
@@ -130,15 +196,6 @@ class _Exit(Exception):
         self.status = status
 
 
-class _Interrupted(BaseException):
-    """A stop signal before the server was serving (a slow import): a BaseException, like
-    KeyboardInterrupt, so that the application's ``except Exception`` does not swallow it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _error(message: str, hint: bool = False) -> None:
     suffix = f" (see '{PROG} --help')" if hint else ""
     sys.stderr.write(f"{PROG}: error: {message}{suffix}\n")
@@ -155,8 +212,25 @@ def _make_cwd_importable() -> None:
 # -- the parser ----------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors become :class:`UsageError` (one line, exit 2)."""
+class Parser(argparse.ArgumentParser):
+    """The command's parser: errors become :class:`UsageError` (one line, exit 2), and it keeps
+    the table of settings it was made from."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            prog=PROG,
+            description="Serve a WSGI application; the concurrency model is a strategy chosen by name.",
+            epilog=(
+                "Every option can also be set with an environment variable GEARSHIFT_<NAME> (shown in "
+                "brackets); the command line wins. Flags take 1/0, true/false, yes/no or on/off; "
+                "repeatable options take several values separated by spaces or commas. "
+                "MODULE:APP can be given as GEARSHIFT_APP. Signals: SIGTERM and SIGINT stop gracefully, "
+                "SIGQUIT at once; SIGUSR1 reopens the access log; SIGHUP and SIGUSR2 are logged and ignored."
+            ),
+            allow_abbrev=False,  # plugins add options: an abbreviation must not change meaning
+        )
+        self.settings: list[Setting] = []
+        self.groups: dict[str, Any] = {}
 
     def error(self, message: str) -> NoReturn:
         if message == "argument --access-log: expected one argument":
@@ -168,208 +242,164 @@ class _Parser(argparse.ArgumentParser):
             sys.stderr.write(message)
         raise _Exit(status)
 
+    def add_setting(self, setting: Setting) -> None:
+        self._check_name(setting.name)
+        if not setting.flags:
+            setting.add_to(self)
+        else:
+            if setting.group not in self.groups:
+                self.groups[setting.group] = self.add_argument_group(setting.group)
+            setting.add_to(self.groups[setting.group])
+        self.settings.append(setting)
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command's parser, with the options that installed plugins add."""
-    parser = _Parser(
-        prog=PROG,
-        description="Serve a WSGI application; the concurrency model is a strategy chosen by name.",
-        epilog=(
-            "Every option can also be set with an environment variable GEARSHIFT_<NAME> (shown in "
-            "brackets); the command line wins. Flags take 1/0, true/false, yes/no or on/off; "
-            "repeatable options take several values separated by spaces or commas. "
-            "MODULE:APP can be given as GEARSHIFT_APP. Signals: SIGTERM and SIGINT stop gracefully, "
-            "SIGQUIT at once; SIGUSR1 reopens the access log; SIGHUP and SIGUSR2 are logged and ignored."
-        ),
-        allow_abbrev=False,  # plugins add options: an abbreviation must not change meaning
-    )
-    parser.add_argument(
-        "app", nargs="?", metavar="MODULE:APP",
-        help="the WSGI application: MODULE:NAME, MODULE:NAME.ATTR, MODULE:factory() or "
-             "MODULE:factory('arg', key=1) (literal arguments); the current directory is "
-             "importable, and MODULE may be the path of a .py file (path/to/app.py:app). "
-             "Without it, a built-in demo app is served.",
-    )
+    def adopt(self, action: argparse.Action) -> None:
+        """Make an option a plugin added itself a setting: read from the environment, and None
+        when not given, like every other."""
+        if not action.option_strings:
+            return
+        setting = Setting.from_action(action)
+        self._check_name(setting.name)
+        if action.help != argparse.SUPPRESS:
+            action.help = f"{action.help or ''} [{setting.env_name}]".lstrip()
+        self.set_defaults(**{action.dest: None})
+        self.settings.append(setting)
+
+
+    def _check_name(self, name: str) -> None:
+        if name in Arguments.RESERVED or any(known.name == name for known in self.settings):
+            raise ValueError(f"a setting named {name!r} exists already")
+
+
+class _PluginParser:
+    """What a plugin's ``gearshift_add_options(parser)`` gets: the command's parser, noting the
+    options a plugin adds with ``add_argument()`` so that they become settings too."""
+
+    def __init__(self, target: Any, added: list[argparse.Action]) -> None:
+        self._target = target
+        self._added = added
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action: argparse.Action = self._target.add_argument(*args, **kwargs)
+        self._added.append(action)
+        return action
+
+    def add_argument_group(self, *args: Any, **kwargs: Any) -> _PluginParser:
+        return _PluginParser(self._target.add_argument_group(*args, **kwargs), self._added)
+
+    def add_mutually_exclusive_group(self, *args: Any, **kwargs: Any) -> _PluginParser:
+        return _PluginParser(self._target.add_mutually_exclusive_group(*args, **kwargs), self._added)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def build_parser() -> Parser:
+    """The command's parser: :data:`SETTINGS`, then the settings of the strategy plugins."""
+    parser = Parser()
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    where = parser.add_argument_group("where to listen")
-    where.add_argument(
-        "-b", "--bind", action="append", metavar="ADDRESS",
-        help=f"HOST:PORT, [IPV6]:PORT or unix:/PATH; repeat to listen on several (default {DEFAULT_BIND})",
+    for title in GROUPS:
+        parser.groups[title] = parser.add_argument_group(title)
+    for setting in SETTINGS:
+        parser.add_setting(setting)
+    parser.groups[STRATEGY].add_argument(
+        "--list-strategies", action="store_true", help="list available strategies and exit"
     )
-    where.add_argument(
-        "--fd", action="append", type=int, metavar="N",
-        help="serve an inherited, already-bound listening socket on descriptor N; repeatable. "
-             "systemd socket activation (LISTEN_FDS/LISTEN_PID) is detected without it",
-    )
-    where.add_argument(
-        "--umask", type=_octal, metavar="OCTAL",
-        help="Unix sockets the command creates get the mode 0777 & ~OCTAL (007: the owner and its "
-             "group may connect; default: the process umask)",
-    )
-    where.add_argument("--certfile", metavar="PATH", help="serve HTTPS with this certificate chain (PEM)")
-    where.add_argument("--keyfile", metavar="PATH", help="the private key for --certfile, if not in that file")
-
-    how = parser.add_argument_group("strategy")
-    how.add_argument(
-        "-s", "--strategy", default=DEFAULT_STRATEGY, metavar="NAME",
-        help=f"concurrency strategy (default {DEFAULT_STRATEGY}); see --list-strategies",
-    )
-    how.add_argument("--list-strategies", action="store_true", help="list available strategies and exit")
-    how.add_argument("--max-children", type=int, metavar="N", help="fork: most child processes at once (default 40)")
-    how.add_argument(
-        "--daemon-threads", action="store_true", default=None,
-        help="thread: do not wait for request threads on shutdown",
-    )
-
-    http = parser.add_argument_group("HTTP limits and timeouts")
-    http.add_argument("--keep-alive-timeout", type=float, metavar="SECONDS",
-                      help="close idle keep-alive connections after this long; 0 disables keep-alive (default 5)")
-    http.add_argument("--head-timeout", type=float, metavar="SECONDS",
-                      help="total time a client has to send a request head; 408 past it (default 10)")
-    http.add_argument("--body-timeout", type=float, metavar="SECONDS",
-                      help="longest wait for request-body bytes (default 10)")
-    http.add_argument("--min-body-rate", type=float, metavar="BYTES_PER_S",
-                      help="slowest request body, averaged over the waits for it; 0: none (default 500)")
-    http.add_argument("--send-timeout", type=float, metavar="SECONDS",
-                      help="longest wait for the client to take response bytes (default 10)")
-    http.add_argument("--min-send-rate", type=float, metavar="BYTES_PER_S",
-                      help="slowest a client may take a response, averaged over the waits; 0: none (default 500)")
-    http.add_argument("--max-request-line", type=int, metavar="BYTES",
-                      help="longest request line; longer gets 414 (default 8190)")
-    http.add_argument("--max-header-size", type=int, metavar="BYTES", help="longest header line (default 8190)")
-    http.add_argument("--max-headers", type=int, metavar="N", help="most header lines (default 100)")
-    http.add_argument("--max-header-block", type=int, metavar="BYTES",
-                      help="largest total of the header lines (default 65536)")
-    http.add_argument("--max-body-size", type=int, metavar="BYTES", help="largest request body (default unlimited)")
-
-    proc = parser.add_argument_group("process")
-    proc.add_argument(
-        "--graceful-timeout", type=float, default=DEFAULT_GRACEFUL_TIMEOUT, metavar="SECONDS",
-        help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30); "
-             "SIGQUIT stops at once",
-    )
-    proc.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
-                      help="level of the 'gearshift' logger (default info)")
-    proc.add_argument(
-        "--access-log", metavar="PATH",
-        help="log one line per request in common log format to PATH (appended; SIGUSR1 reopens "
-             "it), or to stderr for '-' (default off)",
-    )
-
-    _add_plugin_options(parser)
-    for action in parser._actions:  # argparse keeps no public list of its actions
-        if action.option_strings and action.dest not in NOT_FROM_ENV and action.help != argparse.SUPPRESS:
-            action.help = f"{action.help or ''} [{env_name(action.dest)}]".lstrip()
+    _add_plugin_settings(parser)  # the strategies' own options follow, in the "strategy" group
     return parser
 
 
-def _add_plugin_options(parser: argparse.ArgumentParser) -> None:
-    before = set(map(id, parser._actions))
-    hook = get_plugin_manager().hook
-    try:
-        hook.gearshift_add_options(parser=parser)
-    except Exception as exc:
-        raise PluginError(
-            f"gearshift plugin {plugin_that_raised(exc, 'gearshift_add_options')} failed in "
-            f"gearshift_add_options(): {type(exc).__name__}: {exc}"
-        ) from exc
-    parser.set_defaults(_plugin_dests=sorted({a.dest for a in parser._actions if id(a) not in before}))
+def _add_plugin_settings(parser: Parser) -> None:
+    """Every plugin's ``gearshift_add_options``: the settings it returns, and the options it adds
+    to the parser itself (which reach only a strategy that takes them)."""
+    for origin, add_options in hook_implementations("gearshift_add_options"):
+        added: list[argparse.Action] = []
+        try:
+            declared = add_options(parser=_PluginParser(parser, added))
+            if declared is not None and (
+                not isinstance(declared, (list, tuple)) or not all(isinstance(s, Setting) for s in declared)
+            ):
+                raise TypeError(f"it must return None or a list of gearshift.settings.Setting, not {declared!r}")
+            for setting in declared or ():
+                parser.add_setting(setting)
+            for action in added:
+                parser.adopt(action)
+        except Exception as exc:
+            raise PluginError(
+                f"gearshift plugin {origin} failed in gearshift_add_options(): {type(exc).__name__}: {exc}"
+            ) from exc
 
 
-def _octal(text: str) -> int:
-    """``--umask``: an octal number from 0 to 777, with or without a 0o prefix."""
-    digits = text.strip().lower().removeprefix("0o")
-    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
-        raise argparse.ArgumentTypeError(f"expected an octal number from 0 to 777, e.g. 007, not {text!r}")
-    return int(digits, 8)
+class Arguments(argparse.Namespace):
+    """The parsed command: an attribute per setting (its value, or its default), ``given`` (how
+    each given setting was given: its flag or its variable, for error messages), ``settings``
+    (the table) and ``warnings`` (for the log, once it is set up)."""
+
+    RESERVED = frozenset({"settings", "given", "warnings", "list_strategies"})
+
+    def __init__(self, settings: Sequence[Setting] = ()) -> None:
+        super().__init__()
+        self.settings = tuple(settings)
+        self.given: dict[str, str] = {}
+        self.warnings: list[str] = []
+        self.list_strategies = False
 
 
-def env_name(dest: str) -> str:
-    return ENV_PREFIX + dest.upper().replace("-", "_")
-
-
-def parse_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, environ: Mapping[str, str]
-) -> argparse.Namespace:
-    """Parse ``argv`` over values taken from ``GEARSHIFT_*`` variables: the command line wins."""
-    namespace = argparse.Namespace()
-    from_env: dict[str, int] = {}  # dest of a repeatable option -> how many values the env gave
-    env_values: dict[str, Any] = {}  # dest -> the value the environment gave
-    for action in parser._actions:
-        if not action.option_strings or action.dest in NOT_FROM_ENV:
-            continue
-        name = env_name(action.dest)
-        raw = environ.get(name, "").strip()
-        if not raw:
-            continue
-        if action.nargs == 0:  # a flag
-            word = raw.lower()
-            if word in FALSE_WORDS:
-                continue
-            if word not in TRUE_WORDS:
-                raise UsageError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-            action(parser, namespace, [], name)
-            env_values[action.dest] = getattr(namespace, action.dest)
-            continue
-        repeatable = isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+")
-        items = [item for item in re.split(r"[\s,]+", raw) if item] if repeatable else [raw]
-        values = [_convert(action, name, item) for item in items]
-        if isinstance(action, argparse._AppendAction):
-            for value in values:
-                action(parser, namespace, value, name)
-            from_env[action.dest] = len(values)
-        else:
-            action(parser, namespace, values if action.nargs in ("*", "+") else values[0], name)
-        env_values[action.dest] = getattr(namespace, action.dest)
-    args, extras = parser.parse_known_args(argv, namespace)
+def parse_args(parser: Parser, argv: Sequence[str] | None, environ: Mapping[str, str]) -> Arguments:
+    """Each setting's value: from the command line, else from ``GEARSHIFT_<NAME>``, else its default."""
+    parsed, extras = parser.parse_known_args(argv)
     if extras:
         raise UsageError(_unrecognized(parser, extras))
-    for dest, count in from_env.items():
-        values = getattr(args, dest)
-        if len(values) > count:  # given on the command line too: those replace the env's
-            setattr(args, dest, values[count:])
-    # Options whose value is still the environment's (the same object): errors name the variable.
-    args._env_dests = {dest for dest, value in env_values.items() if getattr(args, dest) is value}
-    args._flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
-    if args.app is None:
-        args.app = environ.get(env_name("app"), "").strip() or None
+    args = Arguments(parser.settings)
+    args.list_strategies = parsed.list_strategies
+    for setting in parser.settings:
+        value, source = getattr(parsed, setting.name, None), setting.shown_as
+        if value is None:
+            try:
+                value, source = setting.from_env(environ), setting.env_name
+            except SettingError as exc:
+                raise UsageError(str(exc)) from None
+        if value is None:
+            value = setting.default
+        else:
+            args.given[setting.name] = source
+            problem = setting.check(value) if setting.check is not None else None
+            if problem:
+                raise UsageError(f"{source} {problem}")
+        setattr(args, setting.name, value)
     if args.app is None and args.access_log not in (None, "-") and _looks_like_app(args.access_log):
         # "gearshift --access-log hello": a log file named hello, or the app hello with the
         # access log on stderr? Neither guess is safe, and serving the demo would hide it.
-        name = _source_name(args, "access_log")
         value = args.access_log
         raise UsageError(
-            f"{name} takes a file name (or - for stderr) and no MODULE:APP was given: is {value!r} "
-            f"the application? Write '--access-log - {value}' to log to stderr, or "
+            f"{source_name(args, 'access_log')} takes a file name (or - for stderr) and no MODULE:APP was "
+            f"given: is {value!r} the application? Write '--access-log - {value}' to log to stderr, or "
             f"'--access-log ./{value}' for a file of that name"
         )
-    if not hasattr(args, "_plugin_dests"):
-        args._plugin_dests = []
-    args._warnings = _unknown_variables(parser, environ)
+    args.warnings = _unknown_variables(parser.settings, environ)
     return args
 
 
-def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
-    return [s for a in parser._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
+def source_name(args: argparse.Namespace, name: str) -> str:
+    """How the user gave setting ``name``: its flag or its environment variable."""
+    given: dict[str, str] = getattr(args, "given", {})
+    return given.get(name) or "--" + name.replace("_", "-")
 
 
-def _unrecognized(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+def _unrecognized(parser: Parser, extras: list[str]) -> str:
     message = f"unrecognized arguments: {' '.join(extras)}"
+    options = [flag for setting in parser.settings for flag in setting.flags] + list(ACTIONS)
     for extra in extras:
         if extra.startswith("-") and extra != "-":
-            given = extra.partition("=")[0]
-            close = difflib.get_close_matches(given, _option_strings(parser), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(extra.partition("=")[0], options, n=1, cutoff=0.6)
             if close:
                 return f"{message}; did you mean {close[0]}?"
             break
     return message
 
 
-def _unknown_variables(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> list[str]:
-    """One warning per ``GEARSHIFT_*`` variable that no option reads (a misspelling, usually)."""
-    known = {env_name("app")} | {
-        env_name(a.dest) for a in parser._actions if a.option_strings and a.dest not in NOT_FROM_ENV
-    }
+def _unknown_variables(settings: Sequence[Setting], environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``GEARSHIFT_*`` variable that no setting reads (a misspelling, usually)."""
+    known = {setting.env_name for setting in settings}
     # Compared without the prefix, which every name shares and would make any two look alike.
     suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
     warnings = []
@@ -379,14 +409,6 @@ def _unknown_variables(parser: argparse.ArgumentParser, environ: Mapping[str, st
             hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else f" (see '{PROG} --help' for the variables)"
             warnings.append(f"{name} is not a gearshift setting and is ignored{hint}")
     return warnings
-
-
-def _source_name(args: argparse.Namespace, dest: str) -> str:
-    """How the user gave option ``dest``: its environment variable or its flag."""
-    if dest in getattr(args, "_env_dests", ()):
-        return env_name(dest)
-    flags: dict[str, str] = getattr(args, "_flags", {})
-    return flags.get(dest) or "--" + dest.replace("_", "-")
 
 
 def _looks_like_app(text: str) -> bool:
@@ -402,20 +424,6 @@ def _looks_like_app(text: str) -> bool:
         return False
 
 
-def _convert(action: argparse.Action, name: str, raw: str) -> Any:
-    value: Any = raw
-    if callable(action.type):
-        try:
-            value = action.type(raw)
-        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-            detail = f": {exc}" if isinstance(exc, argparse.ArgumentTypeError) else ""
-            raise UsageError(f"{name}: invalid value {raw!r}{detail}") from None
-    if action.choices is not None and value not in action.choices:
-        choices = ", ".join(map(str, action.choices))
-        raise UsageError(f"{name}: invalid choice {raw!r} (choose from {choices})")
-    return value
-
-
 # -- --list-strategies ---------------------------------------------------------------------------
 
 
@@ -429,181 +437,6 @@ def format_strategies() -> str:
     origin_width = max(len(row[1]) for row in rows)
     lines = [f"{n:<{name_width}}  {o:<{origin_width}}  {d}".rstrip() for n, o, d in rows]
     return "\n".join(lines) + "\n"
-
-
-# -- loading the application ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    """``MODULE:EXPR`` taken apart: the module, the attribute path, and a factory call's arguments."""
-
-    text: str
-    module: str  # for a file: its file name without .py, until load_app() finds its package
-    path: tuple[str, ...] | None  # None: look for "app" or "application"
-    call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-    file: str | None = None  # MODULE given as a path to a .py file
-
-
-def parse_app_spec(text: str) -> AppSpec:
-    module, sep, expr = text.partition(":")
-    module = module.strip()
-    file = None
-    if module.endswith(".py") or "/" in module or os.sep in module:
-        file = module
-        module = os.path.basename(module).removesuffix(".py")
-    elif not module or not all(part.isidentifier() for part in module.split(".")):
-        raise UsageError(f"invalid application {text!r}: expected MODULE:APP, e.g. myapp:app or myapp.py:app")
-    if not sep:
-        return AppSpec(text, module, None, file=file)
-    try:
-        node = ast.parse(expr.strip(), mode="eval").body
-    except SyntaxError:
-        raise UsageError(f"invalid application {text!r}: {expr!r} is not a name or a call") from None
-    call = None
-    if isinstance(node, ast.Call):
-        if any(kw.arg is None for kw in node.keywords) or any(isinstance(a, ast.Starred) for a in node.args):
-            raise UsageError(f"invalid application {text!r}: */** arguments are not supported")
-        try:
-            args = tuple(ast.literal_eval(arg) for arg in node.args)
-            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise UsageError(
-                f"invalid application {text!r}: factory arguments must be literals (strings, numbers, ...)"
-            ) from None
-        call = (args, kwargs)
-        node = node.func
-    path: list[str] = []
-    while isinstance(node, ast.Attribute):
-        path.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        raise UsageError(f"invalid application {text!r}: {expr!r} is not a name or a call")
-    path.append(node.id)
-    return AppSpec(text, module, tuple(reversed(path)), call, file)
-
-
-def load_app(text: str) -> Callable[..., Any]:
-    """Import the WSGI application named by ``MODULE:APP``; CommandError says what went wrong."""
-    spec = parse_app_spec(text)
-    if spec.file is not None:
-        name, filename = _importable_name(spec.file)
-        spec = dataclasses.replace(spec, module=name)
-        module = _import(name)
-        loaded = getattr(module, "__file__", None)
-        if loaded is None or os.path.realpath(loaded) != filename:
-            raise CommandError(
-                f"cannot import {spec.file!r} as module {name!r}: that name is already another module "
-                f"({loaded or 'built in'}); rename the file"
-            )
-    else:
-        module = _import(spec.module)
-    if spec.path is None:
-        for candidate in ("app", "application"):
-            if hasattr(module, candidate):
-                path: tuple[str, ...] = (candidate,)
-                break
-        else:
-            raise CommandError(
-                f"module {spec.module!r} has no 'app' or 'application'; name the object to serve: "
-                f"{spec.module}:NAME"
-            )
-    else:
-        path = spec.path
-    obj: Any = module
-    for depth, attr in enumerate(path, 1):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            owner = ".".join((spec.module, *path[: depth - 1]))
-            raise CommandError(f"{owner!r} has no attribute {attr!r} (from {text!r})") from None
-        except Exception as exc:
-            dotted = ".".join(path[:depth])
-            raise CommandError(f"getting {dotted!r} from {spec.module!r} failed: {_one_line(exc)}") from None
-    dotted = ".".join(path)
-    if spec.call is not None:
-        if not callable(obj):
-            raise CommandError(f"{spec.module}:{dotted} is {_a(type(obj).__name__)}, not a factory to call")
-        args, kwargs = spec.call
-        try:
-            obj = obj(*args, **kwargs)
-        except Exception as exc:
-            raise CommandError(f"calling the factory {text!r} failed: {_one_line(exc)}") from None
-        dotted += "(...)"
-    if obj is None:
-        raise CommandError(f"{spec.module}:{dotted} is None, not a WSGI application")
-    if not callable(obj):
-        raise CommandError(
-            f"{spec.module}:{dotted} is {_a(type(obj).__name__)}, not callable: MODULE:APP must name a WSGI application"
-        )
-    if spec.call is None and _takes_no_arguments(obj):
-        raise CommandError(
-            f"{spec.module}:{dotted} takes no arguments, so it is not a WSGI application; "
-            f"if it is a factory, call it: '{spec.module}:{dotted}()'"
-        )
-    return cast("Callable[..., Any]", obj)
-
-
-def _importable_name(file: str) -> tuple[str, str]:
-    """The module name under which ``file`` (a .py path) imports, and its real path; puts the
-    directory it imports from first on sys.path. A file inside a package (directories with
-    ``__init__.py``) imports as part of it, so that its relative imports work."""
-    filename = os.path.realpath(file)
-    if not os.path.isfile(filename):
-        reason = "is a directory" if os.path.isdir(filename) else "no such file"
-        raise CommandError(f"cannot import {file!r}: {reason}")
-    if not filename.endswith(".py"):
-        raise CommandError(f"cannot import {file!r}: MODULE is a module name or the path of a .py file")
-    directory, name = os.path.split(filename.removesuffix(".py"))
-    if name == "__init__":  # a package's own file: import the package
-        directory, name = os.path.split(directory)
-    parts = [name]
-    while os.path.isfile(os.path.join(directory, "__init__.py")):
-        directory, package = os.path.split(directory)
-        parts.append(package)
-    dotted = ".".join(reversed(parts))
-    if not all(part.isidentifier() for part in parts):
-        raise CommandError(f"cannot import {file!r}: {dotted!r} is not a valid module name; rename the file")
-    if directory not in (os.path.realpath(entry or os.curdir) for entry in sys.path):
-        sys.path.insert(0, directory)
-    return dotted, filename
-
-
-def _import(module_name: str) -> Any:
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise CommandError(
-                f"cannot import {module_name!r}: no module named {missing!r} "
-                f"(looked in the current directory, {os.getcwd()}, and sys.path)"
-            ) from None
-        raise CommandError(f"error while importing {module_name!r}: {_one_line(exc)}") from None
-    except SystemExit as exc:
-        raise CommandError(f"importing {module_name!r} called sys.exit({exc.code!r})") from None
-    except Exception as exc:
-        raise CommandError(f"error while importing {module_name!r}: {_one_line(exc)}") from None
-
-
-def _a(noun: str) -> str:
-    """``noun`` with its indefinite article: "an int", "a str"."""
-    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
-
-
-def _takes_no_arguments(obj: Any) -> bool:
-    try:
-        return not inspect.signature(obj).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, SyntaxError):
-        where = f" ({exc.filename}, line {exc.lineno})" if exc.filename else ""
-        return f"SyntaxError: {exc.msg}{where}"
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # -- listeners -----------------------------------------------------------------------------------
@@ -733,29 +566,34 @@ def setup_logging(level: str, access_log_target: str | None) -> None:
     access_log.setLevel(logging.INFO)
 
 
-def strategy_options(args: argparse.Namespace, strategy: type[Any]) -> dict[str, Any]:
-    """The options for the strategy's ``__init__``: built-in flags that were given (an error if
-    the strategy does not take them), and plugin options whose dest the selected strategy
-    accepts. Options left at None are not passed."""
+def strategy_options(args: Arguments, strategy: type[Strategy]) -> dict[str, Any]:
+    """The given strategy settings, for the selected strategy: a declared setting it does not
+    take is an error; an option a plugin added with ``add_argument`` reaches it only if it
+    takes it (such options do not say which strategy they are for)."""
     accepted = strategy.option_defaults()
     takes_any = strategy.accepts_any_option()
     options = {}
-    for dest in BUILTIN_STRATEGY_OPTIONS:
-        value = getattr(args, dest, None)
-        if value is None:
+    for setting in args.settings:
+        value = getattr(args, setting.name, None)
+        if setting.target not in ("strategy", "if-accepted") or value is None:
             continue
-        if dest not in accepted and not takes_any:
-            flag = "--" + dest.replace("_", "-")
+        if setting.passed_as in accepted or takes_any:
+            options[setting.passed_as] = value
+        elif setting.target == "strategy":
             raise UsageError(
-                f"{flag} ({env_name(dest)}) does not apply to strategy {strategy.name!r}, "
+                f"{setting.shown_as} ({setting.env_name}) does not apply to strategy {strategy.name!r}, "
                 f"whose options are: {', '.join(sorted(accepted)) or 'none'}"
             )
-        options[dest] = value
-    for dest in args._plugin_dests:
-        value = getattr(args, dest, None)
-        if value is not None and dest in accepted and dest not in options:
-            options[dest] = value
     return options
+
+
+def server_options(args: Arguments) -> dict[str, Any]:
+    """The given ``make_server()`` settings (HTTP limits, the drain timeout), by keyword."""
+    return {
+        setting.passed_as: getattr(args, setting.name)
+        for setting in args.settings
+        if setting.target == "server" and getattr(args, setting.name) is not None
+    }
 
 
 def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -763,10 +601,10 @@ def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
         if args.keyfile is not None:
             raise UsageError("--keyfile needs --certfile")
         return None
-    import ssl  # only for HTTPS: ssl adds megabytes that a fork()ing server copies per request
+    import ssl  # only for HTTPS: a process that serves plain HTTP does not load OpenSSL
 
     certfile, keyfile = args.certfile, args.keyfile
-    cert_flag, key_flag = _source_name(args, "certfile"), _source_name(args, "keyfile")
+    cert_flag, key_flag = source_name(args, "certfile"), source_name(args, "keyfile")
     # OpenSSL's own errors name neither the file nor the problem ("[SSL] PEM lib"): look first.
     cert_text = _read_pem(cert_flag, certfile)
     if "-----BEGIN CERTIFICATE-----" not in cert_text:
@@ -788,10 +626,14 @@ def ssl_context_from(args: argparse.Namespace) -> ssl.SSLContext | None:
         # A password callback that refuses: OpenSSL would otherwise prompt on the terminal.
         context.load_cert_chain(certfile, keyfile, password=_no_passphrase)
     except _PassphraseNeeded:
-        raise CommandError(f"{key_source}: the private key is encrypted, and gearshift does not ask for passphrases") from None
+        raise CommandError(
+            f"{key_source}: the private key is encrypted, and gearshift does not ask for passphrases"
+        ) from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            raise CommandError(f"the private key in {key_source} does not match the certificate in {certfile}") from None
+            raise CommandError(
+                f"the private key in {key_source} does not match the certificate in {certfile}"
+            ) from None
         detail = exc.reason or exc.strerror or str(exc)
         names = " and ".join(filter(None, (certfile, keyfile)))
         raise CommandError(f"cannot load the TLS certificate {names}: {detail}") from None
@@ -818,17 +660,15 @@ def _read_pem(flag: str, path: str) -> str:
         raise CommandError(f"{flag} {path}: {reason[:1].lower()}{reason[1:]}") from None
 
 
-def serve(args: argparse.Namespace, environ: Any) -> int:
-    if not args.graceful_timeout >= 0:  # NaN too
-        raise UsageError(f"{_source_name(args, 'graceful_timeout')} must be >= 0, not {args.graceful_timeout:g}")
+def serve(args: Arguments, environ: Any) -> int:
     try:
         strategy = resolve_strategy(args.strategy)
     except UnknownStrategyError as exc:
         raise UsageError(str(exc)) from None
     setup_logging(args.log_level, args.access_log)
-    for warning in args._warnings:
+    for warning in args.warnings:
         log.warning("%s", warning)
-    signals = _Signals()
+    signals = Signals()
     signals.install()
     try:
         return _serve(args, environ, strategy, signals)
@@ -836,7 +676,7 @@ def serve(args: argparse.Namespace, environ: Any) -> int:
         signals.uninstall()
 
 
-def _serve(args: argparse.Namespace, environ: Any, strategy: type[Any], signals: _Signals) -> int:
+def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Signals) -> int:
     ssl_context = ssl_context_from(args)
     binds = []
     for fd in listen_fds(environ):
@@ -848,51 +688,43 @@ def _serve(args: argparse.Namespace, environ: Any, strategy: type[Any], signals:
     binds += [parse_bind(text) for text in args.bind or ([] if binds else [DEFAULT_BIND])]
 
     if args.app is None:
-        from .demo import app
-
+        app: WSGIApp = demo.app
         app_note = "no MODULE:APP given: serving the built-in demo app"
     else:
         app = load_app(args.app)
         app_note = f"loaded {args.app}"
-    options = strategy_options(args, strategy)
-    options.update({dest: getattr(args, dest) for dest in HTTP_OPTIONS if getattr(args, dest) is not None})
-
+    options = {**server_options(args), **strategy_options(args, strategy)}
     try:
         server = build_server(app, strategy, binds, options, ssl_context, umask=args.umask)
     except UsageError as exc:
-        raise UsageError(_name_options(str(exc), args, options)) from None
+        raise UsageError(_name_options(str(exc), args)) from None
     try:
         return run(server, args, app_note, signals)
     finally:
-        server.drain_timeout = args.graceful_timeout
         server.server_close()  # already done after a graceful stop; this is for errors
 
 
-def _name_options(message: str, args: argparse.Namespace, options: Mapping[str, Any]) -> str:
-    """The library names options by their Python names (``max_children must be ...``); say
-    what the user typed instead: the flag, or the environment variable."""
-    for dest in options:
-        message = re.sub(rf"(?<![\w-]){re.escape(dest)}(?![\w-])", _source_name(args, dest), message)
+def _name_options(message: str, args: Arguments) -> str:
+    """The library names options by their keywords (``max_children must be ...``); say what the
+    user typed instead: the flag, or the environment variable."""
+    for setting in args.settings:
+        if setting.name in args.given and setting.target != "command":
+            keyword = re.escape(setting.passed_as)
+            message = re.sub(rf"(?<![\w-]){keyword}(?![\w-])", args.given[setting.name], message)
     return message
 
 
-def build_server(app: Any, strategy: type[Any], binds: list[Bind], options: dict[str, Any],
-                 ssl_context: ssl.SSLContext | None, umask: int | None = None) -> Any:
+def build_server(app: WSGIApp, strategy: type[Strategy], binds: list[Bind], options: dict[str, Any],
+                 ssl_context: ssl.SSLContext | None, umask: int | None = None) -> WSGIServer:
     """make_server() on the first address, add_listener() for the others: the ones the command
     creates are handed over (``own=True``), so the server removes their Unix socket files and
     stops listening on them when it closes; inherited descriptors (``fd://``) are only borrowed."""
-    from .http import make_server
-
     first, rest = binds[0], binds[1:]
+    # make_server() spells a Unix socket the way --bind does: unix:/PATH
+    host = first.text if first.path is not None else first.host or ""
     try:
-        if first.fd is not None:
-            server = make_server("", 0, app, strategy, ssl_context=ssl_context, fd=first.fd, **options)
-        elif first.path is not None:
-            server = make_server(f"unix:{first.path}", 0, app, strategy, ssl_context=ssl_context, umask=umask,
-                                 **options)
-        else:
-            assert first.host is not None and first.port is not None  # a TCP Bind has both
-            server = make_server(first.host, first.port, app, strategy, ssl_context=ssl_context, **options)
+        server = make_server(host, first.port or 0, app, strategy, ssl_context=ssl_context, fd=first.fd, umask=umask,
+                             **options)
     except (TypeError, ValueError) as exc:  # UnknownStrategyError too: a bad option or name
         raise UsageError(str(exc)) from None
     except StrategyUnavailableError as exc:
@@ -930,7 +762,7 @@ def _listen_error(bind: Bind, exc: OSError) -> str:
     return f"{where}: {reason[:1].lower()}{reason[1:]}"
 
 
-def banner_options(server: Any) -> str:
+def banner_options(server: WSGIServer) -> str:
     strategy = server.strategy
     values = {
         name: getattr(strategy, name, default)
@@ -940,12 +772,12 @@ def banner_options(server: Any) -> str:
     return f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
 
 
-def run(server: Any, args: argparse.Namespace, app_note: str, signals: _Signals | None = None) -> int:
+def run(server: WSGIServer, args: Arguments, app_note: str, signals: Signals | None = None) -> int:
     """Serve until a stop signal; then drain in-flight requests within --graceful-timeout
     (SIGTERM, SIGINT) or cut them off (SIGQUIT)."""
     own_signals = signals is None
     if signals is None:
-        signals = _Signals()
+        signals = Signals()
         signals.install()
     signals.attach(server)
     scheme = "https" if getattr(server, "ssl_context", None) is not None else "http"
@@ -957,7 +789,6 @@ def run(server: Any, args: argparse.Namespace, app_note: str, signals: _Signals 
         )
     try:
         server.serve_forever()
-        server.drain_timeout = args.graceful_timeout
         if signals.fast:
             killed = server.strategy.terminate()
             note = f", killed {killed} worker{'s' if killed != 1 else ''}" if killed else ""
@@ -972,7 +803,7 @@ def run(server: Any, args: argparse.Namespace, app_note: str, signals: _Signals 
         signals.run_pending()
         log.info("gearshift %s: stopped", __version__)
         if signals.fast:
-            _exit_if_threads_remain(0)
+            exit_if_threads_remain(0)
         return 0
     finally:
         signals.detach()
@@ -980,163 +811,3 @@ def run(server: Any, args: argparse.Namespace, app_note: str, signals: _Signals 
             signals.uninstall()
 
 
-def _exit_if_threads_remain(status: int) -> None:
-    """After a fast stop, do not let the interpreter wait for abandoned request threads."""
-    main = threading.main_thread()
-    if any(t is not main and not t.daemon and t.is_alive() for t in threading.enumerate()):
-        for handler in (*log.handlers, *access_log.handlers):
-            with contextlib.suppress(Exception):
-                handler.flush()
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os._exit(status)
-
-
-def _signal_numbers(*names: str) -> tuple[int, ...]:
-    return tuple(getattr(signal, name) for name in names if hasattr(signal, name))
-
-
-class _Signals:
-    """What the command does with the signals an operator sends (see README, "Signals"):
-
-    - TERM, INT: graceful stop: stop accepting, let in-flight requests finish within
-      ``--graceful-timeout``, exit 0;
-    - QUIT: fast stop: stop accepting, stop the workers at once (gunicorn's meaning), exit 0;
-    - a second TERM/INT/QUIT while stopping: exit at once, killing the workers;
-    - USR1: reopen the access-log file (logrotate moved it);
-    - HUP, USR2: reload and binary upgrade in other servers; no strategy can reload, so they are
-      logged and ignored rather than killing the server (their default action).
-
-    Installed before the application is imported: a stop signal during a slow start ends it
-    with an error line. The handlers do as little as possible: a stop asks the loop to stop
-    (``server.shutdown()`` from the loop's thread only sets a flag), and USR1/HUP/USR2 are queued
-    for the loop's next turn (``service_actions``), where logging and reopening files are safe;
-    in the handler the interrupted frame may hold the lock of a logging handler or a file.
-
-    Only the process that installed them acts on them. A forked child that kept them (the
-    ``fork`` strategy replaces SIGINT and SIGTERM in its children, not these) ignores
-    HUP/USR1/USR2/QUIT, since ``killall -HUP gearshift`` reaches the children too and the parent
-    is the one that acts, and takes SIGTERM/SIGINT the way it would have without them.
-    """
-
-    STOP = _signal_numbers("SIGTERM", "SIGINT", "SIGQUIT")
-    QUEUED = _signal_numbers("SIGHUP", "SIGUSR1", "SIGUSR2")
-
-    def __init__(self) -> None:
-        self.server: Any = None
-        self.signum: int | None = None  # the stop signal received, if any
-        self.fast = False
-        self._pending: list[int] = []
-        self._previous: dict[int, Any] = {}
-        self._pid = os.getpid()
-        self._service_actions: Callable[[], None] | None = None
-
-    def install(self) -> None:
-        self._pid = os.getpid()
-        for signum in (*self.STOP, *self.QUEUED):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (main() called from a test's thread)
-                break
-
-    def uninstall(self) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-    def attach(self, server: Any) -> None:
-        """Act on stop signals through ``server``, and on queued ones in its loop's turns."""
-        self.server = server
-        service_actions = server.service_actions
-        self._service_actions = service_actions
-
-        # An instance attribute over the method: the loop calls self.service_actions() every
-        # turn (at least every poll_interval), and make_server() takes no server class.
-        def run_pending_then_service_actions() -> None:
-            if self._pending:
-                self.run_pending()
-            service_actions()
-
-        server.service_actions = run_pending_then_service_actions
-
-    def detach(self) -> None:
-        if self._service_actions is not None:
-            with contextlib.suppress(AttributeError):
-                del self.server.service_actions
-            self._service_actions = None
-
-    def run_pending(self) -> None:
-        while self._pending:
-            signum = self._pending.pop(0)
-            name = signal.Signals(signum).name
-            if signum == getattr(signal, "SIGUSR1", None):
-                self._reopen_access_log(name)
-            else:
-                self._reload(name)
-
-    def _reload(self, name: str) -> None:
-        # Where a strategy that can reload (a pre-forking one) would be asked to; none can yet.
-        strategy = getattr(getattr(self.server, "strategy", None), "name", "?")
-        log.warning(
-            "%s: strategy %r does not support reload; ignored (restart gearshift to load new code)", name, strategy
-        )
-
-    def _reopen_access_log(self, name: str) -> None:
-        files = [h for h in access_log.handlers if isinstance(h, logging.FileHandler)]
-        if not files:
-            log.info("%s: no access-log file to reopen", name)
-        for handler in files:
-            try:
-                # Not a with block: the handler keeps the stream open.
-                stream = open(  # noqa: SIM115
-                    handler.baseFilename, handler.mode, encoding=handler.encoding, errors=handler.errors
-                )
-            except OSError as exc:
-                log.error(
-                    "%s: cannot reopen the access log %s: %s; still writing to the old file",
-                    name, handler.baseFilename, exc.strerror or exc,
-                )
-                continue
-            # setStream() swaps under the handler's lock, which request threads hold while writing.
-            old = handler.setStream(cast("io.TextIOWrapper", stream))
-            if old is not None:
-                old.close()
-            log.info("%s: reopened the access log %s", name, handler.baseFilename)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self._pid:
-            self._in_another_process(signum, frame)
-            return
-        if signum in self.QUEUED:
-            self._pending.append(signum)
-            return
-        if self.server is None:
-            raise _Interrupted(signum)
-        if self.signum is None:
-            self.signum = signum
-            self.fast = signum == getattr(signal, "SIGQUIT", None)
-            self.server.shutdown()  # on the loop's own thread: only sets a flag and wakes the loop
-            return
-        self._force_exit(signum)
-
-    def _in_another_process(self, signum: int, frame: Any) -> None:
-        if signum not in (signal.SIGTERM, signal.SIGINT):
-            return
-        previous = self._previous.get(signum)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous in (None, signal.SIG_DFL):
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-
-    def _force_exit(self, signum: int) -> NoReturn:
-        killed = 0
-        with contextlib.suppress(Exception):
-            killed = self.server.strategy.terminate()
-        with contextlib.suppress(OSError):
-            # os.write, not logging: the interrupted frame may hold the logging lock
-            name = signal.Signals(signum).name
-            what = f"second {name}" if signum == self.signum else f"{name} while stopping"
-            note = f", killed {killed} worker{'s' if killed != 1 else ''}" if killed else ""
-            os.write(2, f"{PROG}: {what}: exiting at once{note}\n".encode())
-        os._exit(128 + signum)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from ..settings import Setting
     from .strategy import Strategy
 
 PROJECT = "gearshift"
@@ -40,12 +41,15 @@ def gearshift_strategies() -> list[type[Strategy]]:
 
 
 @hookspec
-def gearshift_add_options(parser: Any) -> None:
-    """Add command-line options to the ``gearshift`` command's ``argparse`` parser.
+def gearshift_add_options(parser: Any) -> list[Setting] | None:
+    """Declare the ``gearshift`` command's options for your strategy.
 
-    Called once when the command builds its parser. Add an argument group for your strategy; an
-    option whose ``dest`` matches a keyword option of your strategy's ``__init__`` reaches the
-    strategy when it is the one selected (options left at ``None`` are not passed).
+    Called once when the command builds its parser. Return a list of
+    :class:`gearshift.settings.Setting`: each becomes a flag, a ``GEARSHIFT_<NAME>`` variable and a
+    line of ``--help``, is checked, and reaches your strategy's ``__init__`` as the keyword
+    ``name`` when it is given (naming it for another strategy is an error). Options added to
+    ``parser`` (the command's ``argparse`` parser) with ``add_argument`` also work: they get a
+    variable too and reach a strategy whose ``__init__`` takes their ``dest``.
     """
 
 

@@ -15,7 +15,7 @@ by the other layer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType, ModuleType
@@ -99,20 +99,23 @@ def resolve_strategy(strategy: str | type[Strategy]) -> type[Strategy]:
         raise UnknownStrategyError(strategy, strategies) from None
 
 
-def plugin_that_raised(error: BaseException, hook_name: str) -> str:
-    """The origin of the plugin whose ``hook_name`` implementation raised ``error``, for an error
-    message after a ``pm.hook.<hook_name>(...)`` call failed (pluggy re-raises the exception as
-    it is). Found in the traceback: the outermost frame running one of the implementations."""
+def hook_implementations(hook_name: str) -> list[tuple[str, Callable[..., object]]]:
+    """Each plugin's implementation of ``hook_name``, in the order pluggy calls them, as
+    ``(origin, call)``: for a caller that must know which plugin a result (or an error) came
+    from, which ``pm.hook.<hook_name>(...)`` does not say. ``call(**arguments)`` passes an
+    implementation only the arguments it declares, as pluggy does."""
     registry = _get()
-    implementations = getattr(registry.manager.hook, hook_name).get_hookimpls()
-    by_code = {getattr(impl.function, "__code__", None): impl.plugin_name for impl in implementations}
-    traceback = error.__traceback__
-    while traceback is not None:
-        plugin_name = by_code.get(traceback.tb_frame.f_code)
-        if plugin_name is not None:
-            return registry.origins.get(plugin_name, plugin_name)
-        traceback = traceback.tb_next
-    return "(unknown)"
+    return [
+        (registry.origins.get(impl.plugin_name, impl.plugin_name), _declared_arguments_only(impl))
+        for impl in reversed(getattr(registry.manager.hook, hook_name).get_hookimpls())
+    ]
+
+
+def _declared_arguments_only(impl: pluggy.HookImpl) -> Callable[..., object]:
+    def call(**arguments: object) -> object:
+        return impl.function(*(arguments[name] for name in impl.argnames))
+
+    return call
 
 
 def _get() -> _Registry:

@@ -43,6 +43,7 @@ from ..core.errors import StrategyUnavailableError
 from ..core.hookspecs import hookimpl
 from ..core.listeners import Waker
 from ..core.strategy import Address, Strategy, bool_option, positive_int_option
+from ..settings import Setting
 
 log = logging.getLogger("gearshift")
 
@@ -345,3 +346,12 @@ def _flush_stdio() -> None:
 @hookimpl
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ForkStrategy]
+
+
+# First, so that a third-party plugin whose option clashes with these is the one named.
+@hookimpl(tryfirst=True)
+def gearshift_add_options(parser: object) -> list[Setting]:
+    return [
+        Setting("max_children", ("--max-children",), "fork: most child processes at once (default 40)",
+                type=int, metavar="N"),
+    ]

@@ -15,6 +15,7 @@ import time
 
 from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy, bool_option
+from ..settings import Setting
 
 log = logging.getLogger("gearshift")
 
@@ -81,3 +82,10 @@ class ThreadStrategy(Strategy):
 @hookimpl
 def gearshift_strategies() -> list[type[Strategy]]:
     return [ThreadStrategy]
+
+
+# First, so that a third-party plugin whose option clashes with these is the one named.
+@hookimpl(tryfirst=True)
+def gearshift_add_options(parser: object) -> list[Setting]:
+    return [Setting("daemon_threads", ("--daemon-threads",), "thread: do not wait for request threads on shutdown",
+                    kind="flag")]
