@@ -858,7 +858,7 @@ def _serve(args: argparse.Namespace, environ: Any, strategy: type[Any], signals:
     try:
         return run(server, args, app_note, signals)
     finally:
-        server.drain_timeout = args.graceful_timeout
+        server.graceful_timeout = args.graceful_timeout
         server.server_close()  # already done after a graceful stop; this is for errors
 
 
@@ -951,12 +951,12 @@ def run(server: Any, args: argparse.Namespace, app_note: str, signals: _Signals 
         )
     try:
         server.serve_forever()
-        server.drain_timeout = args.graceful_timeout
+        server.graceful_timeout = args.graceful_timeout
         if signals.fast:
             killed = server.strategy.terminate()
             note = f", killed {killed} worker{'s' if killed != 1 else ''}" if killed else ""
             log.warning("SIGQUIT: fast stop: stopped accepting%s; in-flight requests are cut off", note)
-            server.drain_timeout = 0
+            server.graceful_timeout = 0
         elif signals.signum is not None:
             log.info(
                 "%s: stopped accepting; waiting up to %g s for in-flight requests (send it again to quit at once)",

@@ -240,8 +240,8 @@ def test_several_unknown_options_are_all_named():
         ("fork", {"block_on_close": "yes"}, "block_on_close"),
         ("thread", {"daemon_threads": 1}, "daemon_threads"),
         ("thread", {"block_on_close": None}, "block_on_close"),
-        ("sync", {"drain_timeout": -1}, "drain_timeout"),
-        ("sync", {"drain_timeout": "1"}, "drain_timeout"),
+        ("sync", {"graceful_timeout": -1}, "graceful_timeout"),
+        ("sync", {"graceful_timeout": "1"}, "graceful_timeout"),
     ],
 )
 def test_invalid_option_values_raise_value_error(strategy, options, named):

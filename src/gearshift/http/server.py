@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import socket
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ SERVER_SOFTWARE = f"gearshift/{__version__}"
 RENAMED_OPTIONS = {
     "header_timeout": "head_timeout (the request head), body_timeout and min_body_rate (the request "
                       "body), send_timeout and min_send_rate (the response)",
+    "drain_timeout": "graceful_timeout",
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
 
@@ -116,7 +116,7 @@ class WSGIServer(Server):
         request_handler: type[WSGIRequestHandler] | None = None,
         ssl_context: ssl_module.SSLContext | None = None,
         listener: socket.socket | None = None,
-        drain_timeout: float | None = None,
+        graceful_timeout: float | None = None,
         umask: int | None = None,
         **strategy_options: Any,
     ) -> None:
@@ -131,11 +131,9 @@ class WSGIServer(Server):
         self.app = app
         self.config = config or HTTPConfig()
         self.ssl_context = ssl_context
-        #: Connections parked with part of a request head read, by socket (see Connection._park).
-        self.pending_connections: weakref.WeakKeyDictionary[socket.socket, Connection] = weakref.WeakKeyDictionary()
         super().__init__(
             server_address, request_handler or WSGIRequestHandler, strategy,
-            listener=listener, drain_timeout=drain_timeout, umask=umask, **strategy_options,
+            listener=listener, graceful_timeout=graceful_timeout, umask=umask, **strategy_options,
         )
         for sock in self.listeners:
             self._defer_accept(sock)
@@ -201,8 +199,8 @@ class WSGIServer(Server):
 
     def handle_idle_timeout(self, request: socket.socket, client_address: Any) -> None:
         """A connection that went quiet in the middle of a request head gets its 408."""
-        connection = self.pending_connections.pop(request, None)
-        if connection is not None:
+        connection = self.resumed_state(request)
+        if isinstance(connection, Connection) and not connection.parser.idle:
             connection.reject(HTTPError(408, "the request was not received in time"), blocking=False)
         super().handle_idle_timeout(request, client_address)
 
@@ -220,7 +218,7 @@ def make_server(
     request_handler: type[WSGIRequestHandler] | None = None,
     ssl_context: ssl_module.SSLContext | None = None,
     fd: int | None = None,
-    drain_timeout: float | None = None,
+    graceful_timeout: float | None = None,
     umask: int | None = None,
     **options: Any,
 ) -> WSGIServer:
@@ -251,7 +249,7 @@ def make_server(
         address = (host, port)
     return WSGIServer(
         address, app, strategy_class, config=config, request_handler=request_handler,
-        ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, umask=umask, **options,
+        ssl_context=ssl_context, listener=listener, graceful_timeout=graceful_timeout, umask=umask, **options,
     )
 
 

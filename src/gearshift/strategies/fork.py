@@ -75,7 +75,7 @@ class ForkStrategy(Strategy):
         self.active_children: dict[int, int | None] = {}
         # Exited children are found with one poll() over their pidfds per loop turn, instead of
         # one waitpid() per live child (socketserver's way: 40 system calls a turn at capacity).
-        self._exits = select.poll() if _pidfd_open is not None else None
+        self._exits = select.poll() if _HAVE_PIDFD else None
         self._pid_of_fd: dict[int, int] = {}
         # Ends a wait for a free slot when the server is stopped or closed (stop_serving, close);
         # created by the first such wait.
@@ -323,14 +323,14 @@ def _es(count: int) -> str:
 #: its own before serving, and then the freeze is left in place when serving ends.
 _FROZEN_AT_START = gc.get_freeze_count()
 
-_pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+, Python 3.9+
+_HAVE_PIDFD = hasattr(os, "pidfd_open")  # Linux 5.3+, Python 3.9+
 
 
 def _pidfd(pid: int) -> int | None:
-    if _pidfd_open is None:
+    if not _HAVE_PIDFD:
         return None
     try:
-        return _pidfd_open(pid)
+        return os.pidfd_open(pid)
     except OSError:  # old kernel, or seccomp: fall back to polling
         return None
 
