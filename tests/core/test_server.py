@@ -21,11 +21,11 @@ from core_helpers import (
     ask,
     closed_by_peer,
     connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
     read_line,
     serve,
     wait_for,
 )
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

@@ -49,7 +49,6 @@ import time
 
 import gearshift
 
-
 RECORD: str | None = None
 #: What the interpreter keeps frozen by itself (CPython 3.12 starts with a few hundred objects).
 FROZEN_AT_START = gc.get_freeze_count()

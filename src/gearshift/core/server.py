@@ -29,6 +29,7 @@ server that owns nothing of its parent's, so the rest of this module never compa
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -177,10 +178,8 @@ class Server:
         unix_file = None
         if sock.family == getattr(socket, "AF_UNIX", None):
             path = os.fsdecode(sock.getsockname())
-            try:
+            with contextlib.suppress(OSError):
                 unix_file = _UnixFile(path, os.stat(path).st_ino)
-            except OSError:
-                pass
         self._owned[sock.fileno()] = unix_file
 
     def server_activate(self) -> None:
@@ -428,12 +427,10 @@ class Server:
             loop = self._loop
             if loop is not None and loop.hand_back(resume, self):
                 return
-        try:
+        with contextlib.suppress(OSError):
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
             request.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         self.close_request(request)
 
     def close_request(self, request: Socket) -> None:
@@ -482,10 +479,8 @@ class Server:
                 # Stops the listening socket itself, not just this descriptor: forked children
                 # that still hold a copy (a slow request) neither keep the port nor queue
                 # connections nobody will accept, and they need not close their copies.
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
             sock.close()
         for unix_file in self._owned.values():
             if unix_file is not None:
@@ -662,11 +657,9 @@ class _UnixFile:
         self.inode = inode
 
     def remove(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             if os.stat(self.path).st_ino == self.inode:
                 os.unlink(self.path)
-        except OSError:
-            pass
 
 
 _WAKER = "waker"

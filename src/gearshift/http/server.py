@@ -7,6 +7,7 @@ and the HTTP code only reads its ``multithread``/``multiprocess`` flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 import sys
@@ -158,10 +159,8 @@ class WSGIServer(Server):
         option = getattr(socket, "TCP_DEFER_ACCEPT", None)
         if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(self.config.head_timeout)))
-        except OSError:
-            pass
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
         import ssl as ssl_module

@@ -27,6 +27,7 @@ process on gearshift's account (Python 3.12+ warns about that).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -129,14 +130,12 @@ class ForkStrategy(Strategy):
         server = self.server
         try:
             server.after_fork()
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they were
                 # Ctrl+C reaches the whole process group: the parent decides whether in-flight
                 # requests finish. The parent's server_close() sends SIGTERM: finish the request
                 # in hand and stop waiting for more on the connection.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, self._child_sigterm)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM already sent lands now
             try:
                 server.finish_request(request, client_address)
@@ -149,10 +148,8 @@ class ForkStrategy(Strategy):
             status = 1
         except BaseException:  # handle_error or shutdown_request failed
             status = 1
-            try:
+            with contextlib.suppress(BaseException):
                 log.exception("error in the child process serving %s", client_address)
-            except BaseException:
-                pass
         finally:
             _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
             os._exit(status)
@@ -267,10 +264,8 @@ class ForkStrategy(Strategy):
         children = list(self.active_children)
         self._signal_all(signal.SIGKILL)
         for pid in children:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
             self._forget(pid)
         return len(children)
 
@@ -308,10 +303,8 @@ class ForkStrategy(Strategy):
 
 
 def _kill(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _es(count: int) -> str:
@@ -338,10 +331,8 @@ def _pidfd(pid: int) -> int | None:
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
                 stream.flush()
-            except Exception:  # a closed or broken stream: nothing to keep
-                pass
 
 
 # The plugin hook, unmarked so that this module does not import pluggy (see core/plugins.py).
