@@ -36,8 +36,8 @@ def family_for(address: Any) -> socket.AddressFamily:
     host = address[0]
     if host in ("", None):
         return socket.AF_INET
-    # Literals are decided without getaddrinfo(), which would also load the IDNA codec
-    # (unicodedata: a megabyte in every process, and the fork strategy copies it per request).
+    # A literal is decided without getaddrinfo(): no resolver call for an address that is
+    # already numeric.
     for family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError, TypeError):
             socket.inet_pton(family, host)

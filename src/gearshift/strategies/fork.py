@@ -75,7 +75,7 @@ class ForkStrategy(Strategy):
         #: pid -> pidfd (or None where pidfds are unavailable) of every child not yet reaped.
         self.active_children: dict[int, int | None] = {}
         # Exited children are found with one poll() over their pidfds per loop turn, instead of
-        # one waitpid() per live child (socketserver's way: 40 system calls a turn at capacity).
+        # one waitpid() per live child (socketserver's way: max_children system calls a turn).
         self._exits = select.poll() if _HAVE_PIDFD else None
         self._pid_of_fd: dict[int, int] = {}
         # Ends a wait for a free slot when the server is stopped or closed (stop_serving, close);
@@ -170,12 +170,11 @@ class ForkStrategy(Strategy):
 
         Why: a collection writes into the header of every object it examines, and in a child
         each such write copies a page. Unfrozen, a child whose allocations tip the collector's
-        counter over its threshold walks objects the parent made (about 40 pages per HTTP
-        request on average here, and how often it happens shifts with unrelated changes to
-        what the parent imported). Frozen, children and parent only ever examine objects made
-        since serving began. The cost: cyclic garbage from before serving began is not
-        reclaimed until serving ends (the freeze is undone then, unless something else had
-        frozen objects first).
+        counter over its threshold walks objects the parent made (benchmarks/README.md has the
+        numbers). Frozen, children and parent only ever examine objects made since serving
+        began. The cost: cyclic garbage from before serving began is not reclaimed until
+        serving ends (the freeze is undone then, unless something else had frozen objects
+        first).
         """
         self._stopping = False
         if self._wake is not None:
@@ -184,8 +183,8 @@ class ForkStrategy(Strategy):
             run_loop()
             return
         # No gc.collect() first: freeing garbage now would leave holes across the parent's
-        # pages that children then allocate into, page fault by page fault (measured: +18 per
-        # request). Cycles that are garbage already stay until serving ends, once.
+        # pages that children then allocate into, each allocation a copy-on-write fault.
+        # Cycles that are garbage already stay until serving ends, once.
         ours = gc.get_freeze_count() <= _FROZEN_AT_START
         gc.freeze()
         try:
