@@ -251,6 +251,13 @@ def test_invalid_option_values_raise_value_error(strategy, options, named):
     assert named in str(info.value)
 
 
+def test_the_old_drain_timeout_name_is_refused():
+    with pytest.raises(TypeError, match="drain_timeout"):
+        gearshift.Server(LOCALHOST, LineHandler, drain_timeout=1)
+    with gearshift.Server(LOCALHOST, LineHandler, graceful_timeout=1) as server:
+        assert server.graceful_timeout == 1.0
+
+
 def test_invalid_address_is_refused():
     with pytest.raises(ValueError):
         gearshift.Server(12345, LineHandler)

@@ -232,7 +232,8 @@ def make_server(
     listing both sets. ``host`` may be ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port
     (see ``server.server_address``). ``fd`` adopts an already-bound listening socket, as
     werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it binds to
-    ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). Call
+    ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect). ``graceful_timeout``
+    bounds how long ``server_close()`` waits for in-flight requests (None: no bound). Call
     ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
