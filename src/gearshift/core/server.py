@@ -123,7 +123,8 @@ class Server:
         # serve_forever() or handle_request(); after_fork() drops the parent's in the child.
         self._loop: _LoopState | None = None
         # Connections a handler asked to resume (resume_when_readable), with their state, from
-        # that call until the next handler that runs on them takes the state (resumed_state).
+        # that call, through the wait in the loop, until the next handler on them takes the
+        # state (resumed_state) or the connection closes (close_request).
         self._resuming: dict[Socket, _Resume] = {}
         self._run = _RunState()
         # Closing: ``closing`` is set by server_close() or begin_closing(); ``_closed`` only by
@@ -400,9 +401,8 @@ class Server:
         return None if resume is None else resume.state
 
     def _expire_idle(self, loop: _LoopState) -> None:
+        # Still in _resuming: handle_idle_timeout() finds the state as a handler would.
         for resume in loop.expired(time.monotonic()):
-            # Back in _resuming so that handle_idle_timeout() finds the state like a handler.
-            self._resuming[resume.request] = resume
             self.handle_idle_timeout(resume.request, resume.client_address)
 
     # -- socketserver's per-request hooks ------------------------------------------------------
@@ -579,7 +579,6 @@ class Server:
                 self._resuming.pop(resume.request, None)
                 resume.request.close()
         self._run = _RunState()
-        self._run.serving_thread = threading.get_ident() if keep_listeners else None
         waker, self._closing_waker = self._closing_waker, None
         if waker is not None:
             waker.close()
