@@ -280,7 +280,7 @@ class Server:
         idle ones. With ``one``, at most one connection is processed (``handle_request``).
         Returns whether a connection was processed."""
         run = self._run
-        loop.park_returned()
+        loop.park_queued()
         events = loop.selector.select(loop.next_wait(wait))
         processed = False
         for key, _ in events:
@@ -425,7 +425,7 @@ class Server:
         if resume is not None and resume.wanted:
             resume.wanted = False  # the next handler asks again if it wants to
             loop = self._loop
-            if loop is not None and loop.hand_back(resume, self):
+            if loop is not None and loop.queue(resume, self):
                 return
         with contextlib.suppress(OSError):
             # Explicit shutdown so that the client sees EOF even if a forked child or a
@@ -472,7 +472,7 @@ class Server:
         loop = self._loop
         idle: list[_Resume] = []
         if loop is not None:
-            idle = loop.close_all(self)  # sets closing with the hand-back lock held
+            idle = loop.close_all(self)  # sets closing under the queue lock: nothing is queued after
         self.begin_closing()  # wakes handlers waiting in wait_readable()
         for sock in self.listeners:
             if sock.fileno() in self._owned:
@@ -699,31 +699,31 @@ class _LoopState:
         self.waker = Waker()
         self.selector.register(self.waker, selectors.EVENT_READ, _WAKER)
         # Handed back by handlers in other threads; parked by the loop on its next turn.
-        self._returned: deque[_Resume] = deque()
-        self._returned_lock = threading.Lock()
+        self._queued: deque[_Resume] = deque()
+        self._queue_lock = threading.Lock()
         self._deadlines: list[tuple[float, int, _Resume]] = []
         self._order = itertools.count()
         self._parked: set[_Resume] = set()
 
-    def hand_back(self, resume: _Resume, server: Server) -> bool:
+    def queue(self, resume: _Resume, server: Server) -> bool:
         """Queue ``resume`` for the loop; False if the server is closing (then close it)."""
-        with self._returned_lock:
+        with self._queue_lock:
             if server.closing:
                 return False
-            was_empty = not self._returned
-            self._returned.append(resume)
+            was_empty = not self._queued
+            self._queued.append(resume)
         if was_empty and threading.get_ident() != server._run.loop_thread:
             self.waker.wake()
         return True
 
-    def park_returned(self) -> None:
-        if not self._returned:
+    def park_queued(self) -> None:
+        if not self._queued:
             return
-        with self._returned_lock:
-            returned = list(self._returned)
-            self._returned.clear()
+        with self._queue_lock:
+            queued = list(self._queued)
+            self._queued.clear()
         now = time.monotonic()
-        for resume in returned:
+        for resume in queued:
             self.park(resume, None if resume.idle_timeout is None else now + resume.idle_timeout)
 
     def park(self, resume: _Resume, deadline: float | None) -> None:
@@ -766,10 +766,10 @@ class _LoopState:
     def close_all(self, server: Server) -> list[_Resume]:
         """For server_close(): set ``server.closing`` (no hand-back is queued after it), and
         take every connection queued or parked, for the server to close."""
-        with self._returned_lock:
+        with self._queue_lock:
             server.closing = True
-            idle = list(self._returned)
-            self._returned.clear()
+            idle = list(self._queued)
+            self._queued.clear()
         for resume in list(self._parked):
             self.unpark(resume)
             idle.append(resume)
@@ -780,7 +780,7 @@ class _LoopState:
         """For after_fork(): close this copy of the loop without touching what the parent's
         shares (no unregistering from the epoll set, which the parent's is too), and return
         the connections it held, whose copies the child must close."""
-        idle = [*self._returned, *self._parked]
+        idle = [*self._queued, *self._parked]
         self.selector.close()
         self.waker.close()
         return idle
