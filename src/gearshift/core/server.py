@@ -3,16 +3,18 @@
 ``Server`` keeps ``socketserver.BaseServer``'s life-cycle methods, with the same names and
 meanings, so stdlib request handlers and habits carry over::
 
-    serve_forever()                 handle_request()
-      -> _run_turn() until shutdown()  -> _run_turn() until one connection is processed,
-                                          or timeout -> handle_timeout()
-         (listener readable) get_request(), verify_request(), process_request()
-         (resumed connection readable) process_request()
-         process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
-                                        finish_request()  -> RequestHandlerClass(request, addr, server)
-                                        handle_error()    (if the handler raised)
-                                        shutdown_request() -> close_request(), or back to the loop
-      service_actions()  -> strategy.service_actions()   (every turn: reap finished workers)
+    serve_forever()                     handle_request()
+      -> _run_turn() until shutdown()     -> _run_turn() until it processed one connection,
+                                             or self.timeout passed -> handle_timeout()
+    _run_turn(): one select() on listeners and resumed connections, then
+      (listener readable)  get_request(), verify_request(), process_request()
+      (resumed connection readable)                            process_request()
+      process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
+                                    finish_request()  -> RequestHandlerClass(request, addr, server)
+                                    handle_error()    (if the handler raised)
+                                    shutdown_request() -> close_request(), or back to the loop
+      (resumed connection idle too long)                       handle_idle_timeout()
+    service_actions()  -> strategy.service_actions()   (serve_forever, every turn: reap workers)
     shutdown()    -> wakes the loop through a socketpair; returns once serve_forever() has stopped
     server_close() -> closes listeners and idle connections, then strategy.close() drains
 
