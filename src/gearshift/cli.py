@@ -132,10 +132,9 @@ SETTINGS: tuple[Setting, ...] = (
     _http("max_headers", int, "N", "most header lines (default 100)"),
     _http("max_header_block", int, "BYTES", "largest total of the header lines (default 65536)"),
     _http("max_body_size", int, "BYTES", "largest request body (default unlimited)"),
-    # The command's name for the library's drain_timeout (gunicorn's, which operators know).
     Setting(
         "graceful_timeout", ("--graceful-timeout",), type=float, default=30.0, metavar="SECONDS",
-        check=_not_negative, group=PROCESS, target="server", keyword="drain_timeout",
+        check=_not_negative, group=PROCESS, target="server",
         help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30); "
              "SIGQUIT stops at once",
     ),
@@ -588,7 +587,7 @@ def strategy_options(args: Arguments, strategy: type[Strategy]) -> dict[str, Any
 
 
 def server_options(args: Arguments) -> dict[str, Any]:
-    """The given ``make_server()`` settings (HTTP limits, the drain timeout), by keyword."""
+    """The given ``make_server()`` settings (HTTP limits, the graceful timeout), by keyword."""
     return {
         setting.passed_as: getattr(args, setting.name)
         for setting in args.settings
@@ -793,7 +792,7 @@ def run(server: WSGIServer, args: Arguments, app_note: str, signals: Signals | N
             killed = server.strategy.terminate()
             note = f", killed {killed} worker{'s' if killed != 1 else ''}" if killed else ""
             log.warning("SIGQUIT: fast stop: stopped accepting%s; in-flight requests are cut off", note)
-            server.drain_timeout = 0
+            server.graceful_timeout = 0
         elif signals.signum is not None:
             log.info(
                 "%s: stopped accepting; waiting up to %g s for in-flight requests (send it again to quit at once)",

@@ -21,10 +21,11 @@ from core_helpers import (
     ask,
     closed_by_peer,
     connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
     read_line,
     serve,
+    wait_for,
 )
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 from gearshift.core import check_options
@@ -241,14 +242,21 @@ def test_several_unknown_options_are_all_named():
         ("fork", {"block_on_close": "yes"}, "block_on_close"),
         ("thread", {"daemon_threads": 1}, "daemon_threads"),
         ("thread", {"block_on_close": None}, "block_on_close"),
-        ("sync", {"drain_timeout": -1}, "drain_timeout"),
-        ("sync", {"drain_timeout": "1"}, "drain_timeout"),
+        ("sync", {"graceful_timeout": -1}, "graceful_timeout"),
+        ("sync", {"graceful_timeout": "1"}, "graceful_timeout"),
     ],
 )
 def test_invalid_option_values_raise_value_error(strategy, options, named):
     with pytest.raises(ValueError) as info:
         gearshift.Server(LOCALHOST, LineHandler, strategy=strategy, **options)
     assert named in str(info.value)
+
+
+def test_the_old_drain_timeout_name_is_refused():
+    with pytest.raises(TypeError, match="drain_timeout"):
+        gearshift.Server(LOCALHOST, LineHandler, drain_timeout=1)
+    with gearshift.Server(LOCALHOST, LineHandler, graceful_timeout=1) as server:
+        assert server.graceful_timeout == 1.0
 
 
 def test_invalid_address_is_refused():
@@ -595,6 +603,137 @@ def test_resume_when_readable_is_refused_by_a_closed_server():
     a, b = socket.socketpair()
     with a, b:
         assert server.resume_when_readable(a, "peer", 1.0) is False
+
+
+class _State:
+    """A resumed connection's state: what it has served (a plain object, to watch it with weakref)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+
+class StatefulHandler(socketserver.BaseRequestHandler):
+    """Reads one line and answers every line its connection has carried so far: the state that
+    travels with the connection through resume_when_readable(state=) and resumed_state()."""
+
+    def handle(self):
+        state = self.server.resumed_state(self.request)
+        if state is None:
+            state = _State()
+        line = read_line(self.request)
+        if not line:
+            return
+        state.lines.append(line.strip().decode())
+        self.request.sendall((" ".join(state.lines) + "\n").encode())
+        assert self.server.resume_when_readable(self.request, self.client_address, None, state=state)
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES)
+def test_a_resumed_connection_gets_its_state_back(strategy):
+    server = gearshift.Server(LOCALHOST, StatefulHandler, strategy=strategy)
+    with serve(server), connect(server.server_address) as one, connect(server.server_address) as two:
+        for word in ("a", "b", "c"):
+            one.sendall(f"{word}\n".encode())
+            assert read_line(one) == {"a": b"a\n", "b": b"a b\n", "c": b"a b c\n"}[word]
+            two.sendall(f"x{word}\n".encode())  # interleaved: each connection has its own state
+            assert read_line(two).split()[-1] == f"x{word}".encode()
+        assert len(read_line_after(two, b"y\n").split()) == 4
+
+
+def read_line_after(sock, data):
+    sock.sendall(data)
+    return read_line(sock)
+
+
+def test_a_stdlib_handler_never_gets_the_state_and_the_connection_closes_as_usual():
+    class OnceStateful(StatefulHandler):
+        resumed = 0
+
+        def handle(self):
+            if type(self).resumed:  # a handler that does not ask for the state
+                self.request.sendall(b"plain\n")
+                return
+            type(self).resumed += 1
+            super().handle()
+
+    server = gearshift.Server(LOCALHOST, OnceStateful)
+    with serve(server), connect(server.server_address) as client:
+        assert read_line_after(client, b"a\n") == b"a\n"
+        assert read_line_after(client, b"b\n") == b"plain\n"
+        assert closed_by_peer(client)
+        assert wait_for(lambda: server.resumed_state(client) is None)
+
+
+@pytest.mark.parametrize("how", ["client EOF", "idle timeout", "server_close"])
+def test_the_state_is_released_with_its_connection(how):
+    import gc
+    import weakref
+
+    states: list[weakref.ref[_State]] = []
+
+    idle_timeout = 0.2 if how == "idle timeout" else None
+
+    class Server(gearshift.Server):
+        def resume_when_readable(self, request, client_address, timeout=None, state=None):
+            states.append(weakref.ref(state))
+            return super().resume_when_readable(request, client_address, idle_timeout, state)
+
+    server = Server(LOCALHOST, StatefulHandler)
+    with serve(server), connect(server.server_address) as client:
+        assert read_line_after(client, b"a\n") == b"a\n"
+        assert wait_for(lambda: states)
+        if how == "client EOF":
+            client.shutdown(socket.SHUT_WR)
+        if how != "server_close":
+            assert closed_by_peer(client)
+            assert wait_for(lambda: gc.collect() is not None and states[0]() is None)
+            return
+    gc.collect()
+    assert states[0]() is None
+
+
+def test_handle_idle_timeout_gets_the_state():
+    seen = []
+
+    class Server(gearshift.Server):
+        def resume_when_readable(self, request, client_address, timeout=None, state=None):
+            return super().resume_when_readable(request, client_address, 0.1, state)
+
+        def handle_idle_timeout(self, request, client_address):
+            state = self.resumed_state(request)
+            seen.append(state.lines)
+            request.sendall(b"bye " + " ".join(state.lines).encode() + b"\n")
+            super().handle_idle_timeout(request, client_address)
+
+    server = Server(LOCALHOST, StatefulHandler)
+    with serve(server), connect(server.server_address) as client:
+        assert read_line_after(client, b"a\n") == b"a\n"
+        assert read_line_after(client, b"b\n") == b"a b\n"
+        assert read_line(client) == b"bye a b\n"
+        assert closed_by_peer(client)
+    assert seen == [["a", "b"]]
+
+
+def test_handle_request_processes_one_connection_per_call_and_resumes_with_state():
+    server = gearshift.Server(LOCALHOST, StatefulHandler)
+    server.timeout = HANG_GUARD
+    try:
+        with connect(server.server_address) as one, connect(server.server_address) as two:
+            one.sendall(b"a\n")
+            two.sendall(b"b\n")
+            server.handle_request()  # one of the two: the other waits in the backlog
+            server.handle_request()
+            assert read_line(one) == b"a\n" and read_line(two) == b"b\n"
+            one.sendall(b"c\n")
+            server.handle_request()  # the resumed connection, with its state
+            assert read_line(one) == b"a c\n"
+            server.timeout = 0.05
+            timeouts = []
+            server.handle_timeout = lambda: timeouts.append(1)
+            server.handle_request()
+            assert timeouts == [1]
+    finally:
+        server.server_close()
 
 
 class _StopsBeforeItsLoop(gearshift.Strategy):

@@ -200,3 +200,11 @@ def _eventually(predicate, timeout=5.0):
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def test_the_old_drain_timeout_name_points_at_graceful_timeout():
+    with pytest.raises(TypeError, match="'drain_timeout' was renamed: use graceful_timeout"):
+        gearshift.make_server("127.0.0.1", 0, app, drain_timeout=5)
+    server = gearshift.make_server("127.0.0.1", 0, app, graceful_timeout=5)
+    server.server_close()
+    assert server.graceful_timeout == 5.0

@@ -22,7 +22,7 @@ The handler speaks a one-line protocol; the first line a client sends is a comma
 ``PID`` is the process that ran the handler. Options:
 
 ``--max-children N``   the fork strategy's max_children (default 40)
-``--drain-timeout S``  Server(drain_timeout=S)
+``--drain-timeout S``  Server(graceful_timeout=S)
 ``--poll-interval S``  serve_forever(poll_interval=S) (default 0.1)
 ``--unflushed TEXT``   after printing the port, write TEXT to stdout without flushing
 ``--atexit``           register an atexit handler printing ``ATEXIT PID``
@@ -48,7 +48,6 @@ import sys
 import time
 
 import gearshift
-
 
 RECORD: str | None = None
 #: What the interpreter keeps frozen by itself (CPython 3.12 starts with a few hundred objects).
@@ -140,7 +139,7 @@ def main() -> None:
     server = RecordingServer(
         ("127.0.0.1", 0), Handler, strategy="fork",
         listener=adopted if args.listener == "adopted" else None,
-        max_children=args.max_children, drain_timeout=args.drain_timeout, freeze_gc=args.freeze_gc,
+        max_children=args.max_children, graceful_timeout=args.drain_timeout, freeze_gc=args.freeze_gc,
     )
     if args.listener == "both":
         server.add_listener(adopted)

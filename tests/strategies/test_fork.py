@@ -17,11 +17,11 @@ from core_helpers import (
     ask,
     closed_by_peer,
     connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
     proc_state,
     read_line,
     wait_for,
 )
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

@@ -7,8 +7,14 @@ import threading
 import time
 
 import pytest
-from core_helpers import HANG_GUARD, ask, connect, read_line, serve
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
+from core_helpers import (
+    HANG_GUARD,
+    ask,
+    connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
+    read_line,
+    serve,
+)
 
 import gearshift
 

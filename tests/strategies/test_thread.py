@@ -10,8 +10,15 @@ import time
 import weakref
 
 import pytest
-from core_helpers import HANG_GUARD, ask, connect, read_line, serve, wait_for
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
+from core_helpers import (
+    HANG_GUARD,
+    ask,
+    connect,
+    no_leaked_threads,  # noqa: F401  (autouse fixture)
+    read_line,
+    serve,
+    wait_for,
+)
 
 import gearshift
 
@@ -105,7 +112,7 @@ def held_handler():
 @pytest.mark.timeout(15)
 def test_drain_timeout_abandons_a_slow_request_and_logs_a_warning(caplog):
     handler = held_handler()
-    server = gearshift.Server(LOCALHOST, handler, strategy="thread", drain_timeout=0.2)
+    server = gearshift.Server(LOCALHOST, handler, strategy="thread", graceful_timeout=0.2)
     with serve(server), connect(server.server_address) as client:
         try:
             client.sendall(b"go\n")
@@ -115,7 +122,7 @@ def test_drain_timeout_abandons_a_slow_request_and_logs_a_warning(caplog):
                 began = time.monotonic()
                 server.server_close()
                 elapsed = time.monotonic() - began
-            assert elapsed < 4, f"server_close() waited {elapsed:.1f} s despite drain_timeout=0.2"
+            assert elapsed < 4, f"server_close() waited {elapsed:.1f} s despite graceful_timeout=0.2"
             warnings = [r for r in caplog.records if r.name == "gearshift" and r.levelno == logging.WARNING]
             assert len(warnings) == 1
             assert "drain timeout" in warnings[0].getMessage()

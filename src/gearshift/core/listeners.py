@@ -7,6 +7,7 @@ is an IPv6 literal (or resolves only to IPv6) is IPv6; anything else is IPv4.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -32,14 +33,12 @@ def family_for(address: Any) -> socket.AddressFamily:
     host = address[0]
     if host in ("", None):
         return socket.AF_INET
-    # Literals are decided without getaddrinfo(), which would also load the IDNA codec
-    # (unicodedata: a megabyte in every process, and the fork strategy copies it per request).
+    # A literal is decided without getaddrinfo(): no resolver call for an address that is
+    # already numeric.
     for family in (socket.AF_INET, socket.AF_INET6):
-        try:
+        with contextlib.suppress(OSError, TypeError):
             socket.inet_pton(family, host)
             return family
-        except (OSError, TypeError):
-            pass
     try:
         # No port: it says nothing about the family, and a bad one is bind()'s to refuse, with
         # the stdlib's error (OverflowError for -1), not getaddrinfo()'s "servname not supported".
@@ -122,10 +121,8 @@ def _remove_stale_unix_socket(path: str) -> None:
         probe.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         log.debug("removing stale Unix socket %s", path)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         return
     finally:
         probe.close()
@@ -157,17 +154,13 @@ class Waker:
         return self._reader.fileno()
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             self._writer.send(b"\0")
-        except (BlockingIOError, InterruptedError, OSError):
-            pass
 
     def drain(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
             while self._reader.recv(4096):
                 pass
-        except (BlockingIOError, InterruptedError, OSError):
-            pass
 
     def close(self) -> None:
         self._reader.close()

@@ -3,26 +3,35 @@
 ``Server`` keeps ``socketserver.BaseServer``'s life-cycle methods, with the same names and
 meanings, so stdlib request handlers and habits carry over::
 
-    serve_forever()                 handle_request()
-      -> (listener readable)          -> one connection or timeout -> handle_timeout()
-         get_request()                (socket.accept() on the listener that is ready)
-         verify_request()
-         process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
-                                        finish_request()  -> RequestHandlerClass(request, addr, server)
-                                        handle_error()    (if the handler raised)
-                                        shutdown_request() -> close_request(), or back to the loop
-      service_actions()  -> strategy.service_actions()   (every turn: reap finished workers)
+    serve_forever()                     handle_request()
+      -> _run_turn() until shutdown()     -> _run_turn() until it processed one connection,
+                                             or self.timeout passed -> handle_timeout()
+    _run_turn(): one select() on listeners and resumed connections, then
+      (listener readable)  get_request(), verify_request(), process_request()
+      (resumed connection readable)                            process_request()
+      process_request()  -------> strategy.process_request()   (thread, child, inline, ...)
+                                    finish_request()  -> RequestHandlerClass(request, addr, server)
+                                    handle_error()    (if the handler raised)
+                                    shutdown_request() -> close_request(), or back to the loop
+      (resumed connection idle too long)                       handle_idle_timeout()
+    service_actions()  -> strategy.service_actions()   (serve_forever, every turn: reap workers)
     shutdown()    -> wakes the loop through a socketpair; returns once serve_forever() has stopped
     server_close() -> closes listeners and idle connections, then strategy.close() drains
 
 What it does better than socketserver: the strategy is an object chosen by name with validated
 options (no mixin order, no mutable class attributes); ``shutdown()`` wakes the selector instead
-of waiting out ``poll_interval``; a handler can return an idle connection to the loop
-(:meth:`Server.resume_when_readable`) so that keep-alive connections do not pin a worker.
+of waiting out ``poll_interval``; a handler can return an idle connection to the loop together
+with the connection's own state (:meth:`Server.resume_when_readable`), so that keep-alive
+connections do not pin a worker.
+
+Ownership across ``fork()``: a process owns the listeners it created (or was handed with
+``add_listener(own=True)``) and its loop. :meth:`Server.after_fork` gives a forked child a
+server that owns nothing of its parent's, so the rest of this module never compares pids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -35,6 +44,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from socket import socket as Socket  # not socket.socket: Server.socket is socketserver's attribute
 from typing import Any
 
 from .listeners import (
@@ -65,8 +75,8 @@ class Server:
     filesystem path for a Unix stream socket. Keyword ``options`` go to the strategy; a name it
     does not accept raises ``TypeError`` listing the ones it does. ``listener`` adopts an
     already-bound listening socket instead of binding ``server_address`` (socket activation,
-    ``--fd``). ``drain_timeout`` bounds how long ``server_close()`` waits for in-flight requests.
-    ``umask`` sets the mode of a Unix socket the server binds to ``0o777 & ~umask``.
+    ``--fd``). ``graceful_timeout`` bounds how long ``server_close()`` waits for in-flight
+    requests. ``umask`` sets the mode of a Unix socket the server binds to ``0o777 & ~umask``.
     """
 
     # socketserver's class attributes, read when the server creates its listener: override them
@@ -90,46 +100,43 @@ class Server:
         strategy: str | type[Strategy] = "sync",
         *,
         bind_and_activate: bool = True,
-        listener: socket.socket | None = None,
-        drain_timeout: float | None = None,
+        listener: Socket | None = None,
+        graceful_timeout: float | None = None,
         umask: int | None = None,
         **options: Any,
     ) -> None:
         strategy_class = resolve_strategy(strategy)
         check_options(strategy_class, options)
         self.RequestHandlerClass = RequestHandlerClass
-        self.drain_timeout = _check_drain_timeout(drain_timeout)
+        self.graceful_timeout = _check_graceful_timeout(graceful_timeout)
         #: Permission bits of a Unix socket this server binds: ``0o777 & ~umask`` (see bind()).
         self.umask = check_umask(umask)
         self.server_address = server_address
-        self.listeners: list[socket.socket] = []
-        self._unix_paths: list[tuple[str, int, int]] = []  # (path, inode, creator pid) to unlink
-        # Listeners by file descriptor: the ones this server created (fd -> creating pid), which
-        # server_close() stops with shutdown(), and the adopted ones, which it only closes.
-        self._own_listeners: dict[int, int] = {}
-        self._adopted_listeners: tuple[int, ...] = ()  # a tuple: an empty one costs a child nothing
+        self.listeners: list[Socket] = []
+        # What this process must undo when it closes: the listeners it owns, by descriptor (an
+        # SSL wrapper keeps the descriptor), each with the Unix socket file it created, if any.
+        # Listeners not in it are borrowed (adopted, or inherited by a forked child) and are
+        # only closed. after_fork() empties it in the child.
+        self._owned: dict[int, _UnixFile | None] = {}
+        # This process's loop (selector, wake-up socket, idle connections), made by the first
+        # serve_forever() or handle_request(); after_fork() drops the parent's in the child.
         self._loop: _LoopState | None = None
-        self._loop_thread: int | None = None
-        self._serving_thread: int | None = None
-        self._shutdown_requested = False
-        self._is_shut_down = threading.Event()
-        self._is_shut_down.set()
+        # Connections a handler asked to resume (resume_when_readable), with their state, from
+        # that call, through the wait in the loop, until the next handler on them takes the
+        # state (resumed_state) or the connection closes (close_request).
+        self._resuming: dict[Socket, _Resume] = {}
+        self._run = _RunState()
+        # Closing: ``closing`` is set by server_close() or begin_closing(); ``_closed`` only by
+        # server_close(), which runs once; ``_closing_waker`` wakes wait_readable() then.
         #: True once this process's server has begun closing (``server_close()``, or
         #: ``begin_closing()`` in a worker process): handlers should finish the request in hand
         #: and close the connection rather than wait for another on it.
         self.closing = False
-        self._closed = False  # server_close() has run (closing can also be set by begin_closing)
-        # Wakes wait_readable() when closing begins; created by the first wait, per process.
+        self._closed = False
         self._closing_waker: Waker | None = None
         self._closing_waker_lock = threading.Lock()
-        # Connections returned to the loop by handlers (see resume_when_readable). Created on
-        # first use, so that under ``fork`` (which never hands connections back) a child's
-        # shutdown_request() need not touch a dict.
-        self._resume_marks: dict[socket.socket, tuple[Address, float | None]] | None = None
-        self._resume_lock = threading.Lock()
-        self._resume_queue: deque[tuple[socket.socket, Address, float | None]] = deque()
         # The listener get_request() accepts from: the one the loop found readable.
-        self._ready_listener: socket.socket | None = None
+        self._ready_listener: Socket | None = None
         self.strategy: Strategy = strategy_class(self, **options)
         if listener is not None:
             self.add_listener(listener)
@@ -145,7 +152,7 @@ class Server:
             )
             self.listeners.append(sock)
             self.address_family = sock.family
-            self._own_listeners[sock.fileno()] = os.getpid()
+            self._owned[sock.fileno()] = None
             if bind_and_activate:
                 try:
                     self.server_bind()
@@ -157,7 +164,7 @@ class Server:
     # -- socketserver's set-up methods ----------------------------------------------------------
 
     @property
-    def socket(self) -> socket.socket:
+    def socket(self) -> Socket:
         """The first listening socket (socketserver's attribute)."""
         return self.listeners[0]
 
@@ -165,20 +172,20 @@ class Server:
         """Bind the first listener to ``server_address`` and record the real address."""
         bind(self.socket, self.server_address, umask=self.umask)
         self.server_address = self.socket.getsockname()
-        self._remember_unix_path(self.socket)
+        self._own(self.socket)
 
-    def _remember_unix_path(self, sock: socket.socket) -> None:
+    def _own(self, sock: Socket) -> None:
+        unix_file = None
         if sock.family == getattr(socket, "AF_UNIX", None):
             path = os.fsdecode(sock.getsockname())
-            try:
-                self._unix_paths.append((path, os.stat(path).st_ino, os.getpid()))
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                unix_file = _UnixFile(path, os.stat(path).st_ino)
+        self._owned[sock.fileno()] = unix_file
 
     def server_activate(self) -> None:
         self.socket.listen(self.request_queue_size)
 
-    def add_listener(self, sock: socket.socket, *, own: bool = False) -> None:
+    def add_listener(self, sock: Socket, *, own: bool = False) -> None:
         """Serve connections from another already-listening socket in the same loop.
 
         ``own=True`` hands the socket over: ``server_close()`` then treats it like the server's
@@ -190,15 +197,12 @@ class Server:
             raise ValueError(f"gearshift serves stream sockets only, not {sock.type!r}")
         sock.setblocking(False)
         if own:
-            self._own_listeners[sock.fileno()] = os.getpid()
-            self._remember_unix_path(sock)
-        else:
-            self._adopted_listeners += (sock.fileno(),)
+            self._own(sock)
         self.listeners.append(sock)
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
             self.address_family = sock.family
-        if self._loop is not None and self._loop.pid == os.getpid():
+        if self._loop is not None:
             self._loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
 
     def fileno(self) -> int:
@@ -212,16 +216,17 @@ class Server:
         ``poll_interval`` is now only how often ``service_actions()`` runs while idle (reaping);
         ``shutdown()`` does not wait for it.
         """
+        run = self._run
         # Recorded before anything else, so that shutdown() from a signal handler on this thread
         # never waits for itself, even outside the loop proper (a supervisor's serve()).
-        self._serving_thread = threading.get_ident()
-        self._is_shut_down.clear()
+        run.serving_thread = threading.get_ident()
+        run.stopped.clear()
         try:
             self.strategy.serve(lambda: self._run_loop(poll_interval))
         finally:
-            self._shutdown_requested = False
-            self._serving_thread = None
-            self._is_shut_down.set()
+            run.stop_requested = False
+            run.serving_thread = None
+            run.stopped.set()
 
     def shutdown(self) -> None:
         """Stop ``serve_forever()`` and wait until it has returned.
@@ -230,91 +235,91 @@ class Server:
         ``sync`` handler, a signal handler in the main thread) it only asks the loop to stop,
         since waiting for itself would deadlock. After it returns no connection is accepted.
         """
-        self._shutdown_requested = True
+        run = self._run
+        run.stop_requested = True
         self.strategy.stop_serving()
         loop = self._loop
-        if loop is not None and loop.pid == os.getpid():
+        if loop is not None:
             loop.waker.wake()
-        if threading.get_ident() in (self._loop_thread, self._serving_thread):
+        if threading.get_ident() in (run.loop_thread, run.serving_thread):
             return
-        self._is_shut_down.wait()
+        run.stopped.wait()
 
     def handle_request(self) -> None:
         """Handle one connection event (a new connection or a resumed one), or time out after
-        ``self.timeout`` seconds and call ``handle_timeout()``."""
+        ``self.timeout`` seconds and call ``handle_timeout()``: one or more turns of the loop
+        ``serve_forever()`` runs, each processing at most one connection."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         loop = self._enter_loop()
         try:
             while True:
-                self._take_resumed(loop)
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                wait = loop.next_wait(remaining)
-                events = loop.selector.select(wait)
-                for key, _ in events:
-                    if key.data is _WAKER:
-                        loop.waker.drain()
-                    elif key.data.__class__ is _Listening:
-                        if self._accept(key.data, 1):
-                            return
-                    else:
-                        self._resume(loop, key.data)
-                        return
-                self._expire_idle(loop)
+                if self._run_turn(loop, remaining, one=True):
+                    return
                 if deadline is not None and time.monotonic() >= deadline:
                     self.handle_timeout()
                     return
         finally:
-            self._loop_thread = None
-            self._close_loop_if_closed()
+            self._leave_loop()
 
     def _run_loop(self, poll_interval: float) -> None:
+        """The loop ``serve_forever()`` runs (through ``strategy.serve``), in this process."""
         loop = self._enter_loop()
+        run = self._run
         try:
-            # The guards around _take_resumed / next_wait / _expire_idle keep a turn with nothing
-            # idle to a few attribute reads: under ``fork`` every object the parent touches
-            # between two forks costs it a copy-on-write page fault.
-            while not self._shutdown_requested:
-                if self._resume_queue:
-                    self._take_resumed(loop)
-                events = loop.selector.select(loop.next_wait(poll_interval) if loop._deadlines else poll_interval)
-                # Checked between select() and accept(): nothing is accepted after shutdown().
-                if self._shutdown_requested:
-                    break
-                for key, _ in events:
-                    data = key.data
-                    if data.__class__ is _Listening:
-                        self._accept(data, ACCEPT_BATCH)
-                    elif data is _WAKER:
-                        loop.waker.drain()
-                    else:
-                        self._resume(loop, data)
-                    if self._shutdown_requested:
-                        break
-                if loop._deadlines:
-                    self._expire_idle(loop)
+            while not run.stop_requested:
+                self._run_turn(loop, poll_interval)
                 self.service_actions()
         finally:
-            self._loop_thread = None
-            self._close_loop_if_closed()
+            self._leave_loop()
+
+    def _run_turn(self, loop: _LoopState, wait: float | None, *, one: bool = False) -> bool:
+        """One turn of the loop: park the connections handed back, wait at most ``wait`` seconds
+        for readiness, accept from ready listeners and resume ready connections, then expire
+        idle ones. With ``one``, at most one connection is processed (``handle_request``).
+        Returns whether a connection was processed."""
+        run = self._run
+        loop.park_queued()
+        events = loop.selector.select(loop.next_wait(wait))
+        processed = False
+        for key, _ in events:
+            # Checked before every accept: nothing is accepted after shutdown().
+            if run.stop_requested and not one:
+                break
+            data = key.data
+            if data.__class__ is _Listening:
+                processed = self._accept(data, 1 if one else ACCEPT_BATCH) > 0 or processed
+            elif data is _WAKER:
+                loop.waker.drain()
+            else:
+                loop.unpark(data)
+                self._process(data.request, data.client_address)
+                processed = True
+            if one and processed:
+                break
+        self._expire_idle(loop)
+        return processed
 
     def _enter_loop(self) -> _LoopState:
         if self.closing:
             raise ValueError("cannot serve on a closed server")
         loop = self._loop
-        if loop is None or loop.pid != os.getpid():
-            # First loop in this process (also a prefork worker's): its own selector and waker,
-            # since an epoll set shared across fork() would mix the processes' registrations.
-            loop = _LoopState(os.getpid(), selectors.DefaultSelector(), Waker())
-            loop.selector.register(loop.waker, selectors.EVENT_READ, _WAKER)
+        if loop is None:
+            loop = _LoopState()
             for sock in self.listeners:
                 loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._run.loop_thread = threading.get_ident()
         return loop
+
+    def _leave_loop(self) -> None:
+        self._run.loop_thread = None
+        self._close_loop_if_closed()
 
     def _accept(self, listening: _Listening, limit: int) -> int:
         self._ready_listener = listening.sock
         accepted = 0
+        run = self._run
         while accepted < limit:
             try:
                 request, client_address = self.get_request()
@@ -332,11 +337,11 @@ class Server:
                 self._process(request, client_address)
             else:
                 self.shutdown_request(request)
-            if self._shutdown_requested:
+            if run.stop_requested:
                 break
         return accepted
 
-    def get_request(self) -> tuple[socket.socket, Address]:
+    def get_request(self) -> tuple[Socket, Address]:
         """Accept one connection and return ``(request, client_address)``: socketserver's hook,
         which the loop always accepts through (override it to wrap accepted sockets, in TLS say).
 
@@ -347,7 +352,7 @@ class Server:
         listener = self._ready_listener
         return (self.socket if listener is None else listener).accept()
 
-    def _process(self, request: socket.socket, client_address: Address) -> None:
+    def _process(self, request: Socket, client_address: Address) -> None:
         # socketserver's _handle_request_noblock(): process_request() may raise (sync runs the
         # handler right here): an Exception is reported and the connection closed; anything
         # else (SystemExit, KeyboardInterrupt) closes it and stops the loop.
@@ -360,103 +365,87 @@ class Server:
             self.shutdown_request(request)
             raise
 
-    # -- connections returned to the loop ------------------------------------------------------
+    # -- connections resumed by the loop -------------------------------------------------------
 
     def resume_when_readable(
-        self, request: socket.socket, client_address: Address, idle_timeout: float | None = None
+        self, request: Socket, client_address: Address, idle_timeout: float | None = None,
+        state: object = None,
     ) -> bool:
         """Ask the loop to take ``request`` back when the current handler finishes, watch it, and
         hand it to the strategy again (``process_request``) when it has bytes to read; close it
-        if it stays idle ``idle_timeout`` seconds.
+        if it stays idle ``idle_timeout`` seconds (after ``handle_idle_timeout``).
+
+        ``state`` travels with the connection: whatever the handler needs to carry on (HTTP
+        keeps its parser and buffers there). The handler that runs when the connection is
+        resumed, and ``handle_idle_timeout``, get it back with :meth:`resumed_state`.
 
         Called by a handler (HTTP keep-alive between requests) so that a waiting connection costs
         a selector entry, not a thread or a turn of a ``sync`` loop. Returns False when the loop
-        cannot take it back (the handler runs in a forked child, or the server is closing): the
-        handler then closes the connection, or waits for it with :meth:`wait_readable`.
+        cannot take it back (this process runs no loop, as in a forked child, or the server is
+        closing): the handler then closes the connection, or waits for it with
+        :meth:`wait_readable`.
         """
-        loop = self._loop
-        if self.closing or loop is None or loop.pid != os.getpid():
+        if self.closing or self._loop is None:
             return False
-        marks = self._resume_marks
-        if marks is None:
-            with self._resume_lock:
-                if self._resume_marks is None:
-                    self._resume_marks = {}
-                marks = self._resume_marks
-        marks[request] = (client_address, idle_timeout)
+        self._resuming[request] = _Resume(request, client_address, idle_timeout, state)
         return True
 
-    def _hand_back(self, request: socket.socket, client_address: Address, idle_timeout: float | None) -> bool:
-        loop = self._loop
-        if loop is None or loop.pid != os.getpid():
-            return False
-        with self._resume_lock:
-            if self.closing:
-                return False
-            was_empty = not self._resume_queue
-            self._resume_queue.append((request, client_address, idle_timeout))
-        if was_empty and threading.get_ident() != self._loop_thread:
-            loop.waker.wake()
-        return True
+    def resumed_state(self, request: Socket) -> object:
+        """The ``state`` given to :meth:`resume_when_readable` for ``request`` when the loop
+        resumed it, once (later calls return None); None for a new connection.
 
-    def _take_resumed(self, loop: _LoopState) -> None:
-        if not self._resume_queue:
-            return
-        with self._resume_lock:
-            resumed = list(self._resume_queue)
-            self._resume_queue.clear()
-        now = time.monotonic()
-        for request, client_address, idle_timeout in resumed:
-            loop.park(request, client_address, None if idle_timeout is None else now + idle_timeout)
-
-    def _resume(self, loop: _LoopState, idle: _Idle) -> None:
-        loop.unpark(idle)
-        self._process(idle.request, idle.client_address)
+        A handler calls it first thing; a handler that does not (a stdlib one) simply never
+        gets the state, and the connection closes as usual when it returns."""
+        resume = self._resuming.pop(request, None)
+        return None if resume is None else resume.state
 
     def _expire_idle(self, loop: _LoopState) -> None:
-        for idle in loop.expired(time.monotonic()):
-            self.handle_idle_timeout(idle.request, idle.client_address)
+        # Still in _resuming: handle_idle_timeout() finds the state as a handler would.
+        for resume in loop.expired(time.monotonic()):
+            self.handle_idle_timeout(resume.request, resume.client_address)
 
     # -- socketserver's per-request hooks ------------------------------------------------------
 
-    def verify_request(self, request: socket.socket, client_address: Address) -> bool:
+    def verify_request(self, request: Socket, client_address: Address) -> bool:
         """Return False to refuse a new connection before any work is spent on it."""
         return True
 
-    def process_request(self, request: socket.socket, client_address: Address) -> None:
+    def process_request(self, request: Socket, client_address: Address) -> None:
         """Hand the connection to the strategy (override to wrap, as in socketserver)."""
         self.strategy.process_request(request, client_address)
 
-    def finish_request(self, request: socket.socket, client_address: Address) -> None:
+    def finish_request(self, request: Socket, client_address: Address) -> None:
         """Run the handler; called by the strategy in whatever thread or process it chose."""
         self.RequestHandlerClass(request, client_address, self)
 
-    def shutdown_request(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: Socket) -> None:
         """Done with ``request``: return it to the loop if its handler asked for that, else close."""
-        marks = self._resume_marks
-        if marks is not None:
-            mark = marks.pop(request, None)
-            if mark is not None and self._hand_back(request, *mark):
+        resume = self._resuming.get(request)
+        if resume is not None and resume.wanted:
+            resume.wanted = False  # the next handler asks again if it wants to
+            loop = self._loop
+            if loop is not None and loop.queue(resume, self):
                 return
-        try:
+        with contextlib.suppress(OSError):
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
             request.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         self.close_request(request)
 
-    def close_request(self, request: socket.socket) -> None:
+    def close_request(self, request: Socket) -> None:
+        if self._resuming:
+            self._resuming.pop(request, None)  # its state goes with it
         request.close()
 
-    def handle_error(self, request: socket.socket, client_address: Address) -> None:
+    def handle_error(self, request: Socket, client_address: Address) -> None:
         """Log the exception being handled; the server keeps serving."""
         log.exception("exception while processing a request from %s", client_address)
 
-    def handle_idle_timeout(self, request: socket.socket, client_address: Address) -> None:
+    def handle_idle_timeout(self, request: Socket, client_address: Address) -> None:
         """Called in the loop when a connection given back with ``resume_when_readable`` stays
         idle past its timeout. Closes it; a protocol may first say why (HTTP's 408), without
-        blocking: the loop is waiting."""
+        blocking: the loop is waiting. The connection's state is there for
+        :meth:`resumed_state`."""
         log.debug("closing connection from %s after its idle timeout", client_address)
         self.shutdown_request(request)
 
@@ -474,48 +463,39 @@ class Server:
 
         The listeners close first so the port is free at once and no new connection queues up
         behind a slow drain. How the drain waits is the strategy's (``block_on_close``); it waits
-        at most ``drain_timeout`` seconds when that is set.
+        at most ``graceful_timeout`` seconds when that is set.
         """
         if self._closed:
             return
         self._closed = True
-        with self._resume_lock:
-            self.closing = True
-            resumed = list(self._resume_queue)
-            self._resume_queue.clear()
+        loop = self._loop
+        idle: list[_Resume] = []
+        if loop is not None:
+            idle = loop.close_all(self)  # sets closing under the queue lock: nothing is queued after
         self.begin_closing()  # wakes handlers waiting in wait_readable()
-        me = os.getpid()
         for sock in self.listeners:
-            if self._own_listeners.get(sock.fileno()) == me:
+            if sock.fileno() in self._owned:
                 # Stops the listening socket itself, not just this descriptor: forked children
                 # that still hold a copy (a slow request) neither keep the port nor queue
                 # connections nobody will accept, and they need not close their copies.
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
             sock.close()
-        for path, inode, creator in self._unix_paths:
-            if creator == me:
-                try:
-                    if os.stat(path).st_ino == inode:
-                        os.unlink(path)
-                except OSError:
-                    pass
-        for request, _, _ in resumed:
-            self.shutdown_request(request)
-        loop = self._loop
-        if loop is not None and loop.pid == os.getpid():
-            for idle in loop.close_all():
-                self.shutdown_request(idle.request)
-        if self._loop_thread == threading.get_ident():
+        for unix_file in self._owned.values():
+            if unix_file is not None:
+                unix_file.remove()
+        self._owned = {}
+        for resume in idle:
+            self.shutdown_request(resume.request)
+        run = self._run
+        if run.loop_thread == threading.get_ident():
             # On the loop's own thread while it runs (a signal handler, a sync handler): the
             # loop may be inside select() on this selector, so it stops and closes it itself.
-            self._shutdown_requested = True
+            run.stop_requested = True
         try:
-            self.strategy.close(self.drain_timeout)
+            self.strategy.close(self.graceful_timeout)
         finally:
-            if self._loop_thread != threading.get_ident():
+            if run.loop_thread != threading.get_ident():
                 self._close_loop_if_closed()
             # Drained: a handler still waiting (an abandoned thread) finds closing set, and
             # wait_readable() never polls a closed waker.
@@ -538,7 +518,7 @@ class Server:
         if waker is not None:
             waker.wake()
 
-    def wait_readable(self, sock: socket.socket, timeout: float | None = None) -> bool:
+    def wait_readable(self, sock: Socket, timeout: float | None = None) -> bool:
         """Block until ``sock`` has bytes to read (True), or ``timeout`` seconds pass or the
         server begins closing (False).
 
@@ -564,45 +544,44 @@ class Server:
 
     def _close_loop_if_closed(self) -> None:
         loop = self._loop
-        if not self._closed or loop is None:
-            return
-        self._loop = None
-        if loop.pid == os.getpid():
-            loop.selector.close()
-            loop.waker.close()
+        if self._closed and loop is not None:
+            self._loop = None
+            loop.close()
 
-    def after_fork(self) -> None:
-        """Call first thing in a child process forked to handle connections the parent accepted
-        (as ``fork`` does), which will not run this server's loop itself.
+    def after_fork(self, *, keep_listeners: bool = False) -> None:
+        """Call first thing in a child process forked by a strategy: afterwards the child's
+        server owns nothing of its parent's (no listener to shut down, no socket file to
+        remove, no loop), and has its own closing state, so that ``begin_closing()`` in the
+        child wakes only the child's waits.
 
-        Closes the child's copies of what belongs to the parent's loop: the listeners (so that a
-        child outliving the parent's ``server_close()`` keeps no port, adopted ones included),
-        the selector, idle and queued connections. Nothing the parent uses is touched: no
-        ``shutdown()`` of a shared socket, no unregistering from the epoll set both processes
-        share, no unlinking of a Unix socket. The child gets its own closing state, so that
-        ``begin_closing()`` in the child wakes only the child's waits.
+        Nothing the parent uses is touched: no ``shutdown()`` of a shared socket, no
+        unregistering from the epoll set both processes share, no unlinking of a Unix socket.
+        The child's copies of the parent's loop (selector, wake-up socket) and of the idle
+        connections parked in it are closed.
+
+        ``keep_listeners=False`` (``fork``): a child that serves the connection it was given
+        and never runs the loop. Its copies of the listeners are closed, so that a child
+        outliving the parent's ``server_close()`` keeps no port.
+
+        ``keep_listeners=True`` (a ``prefork`` worker): a child that runs the loop itself
+        (``serve_forever()``'s ``run_loop``) on the inherited listeners. It makes its own
+        selector on first use; the listeners stay borrowed, so the child's ``server_close()``
+        only closes its copies and the parent's stay open and listening.
         """
-        for sock in self.listeners:
-            sock.close()
-        self._own_listeners.clear()
-        self._adopted_listeners = ()
-        self._unix_paths.clear()
+        if not keep_listeners:
+            for sock in self.listeners:
+                sock.close()
+        self._owned = {}
         loop, self._loop = self._loop, None
         if loop is not None:
-            for idle in loop.idle_connections():
-                idle.request.close()
-            # Closing copies only drops this process's descriptors: the parent's epoll set and
-            # wake-up socket are unaffected.
-            loop.selector.close()
-            loop.waker.close()
-        while self._resume_queue:
-            self._resume_queue.popleft()[0].close()
-        self._resume_marks = None
-        self._resume_lock = threading.Lock()  # another thread of the parent may have held it
+            for resume in loop.abandon():
+                self._resuming.pop(resume.request, None)
+                resume.request.close()
+        self._run = _RunState()
         waker, self._closing_waker = self._closing_waker, None
         if waker is not None:
             waker.close()
-        self._closing_waker_lock = threading.Lock()
+        self._closing_waker_lock = threading.Lock()  # another thread of the parent may have held it
 
     def __enter__(self) -> Server:
         return self
@@ -617,7 +596,7 @@ class Server:
 _POLL_MAX_MS = 2**31 - 1  # poll() takes a C int of milliseconds
 
 
-def _readable_now(sock: socket.socket) -> bool:
+def _readable_now(sock: Socket) -> bool:
     try:
         return _wait_readable(sock.fileno(), None, 0)
     except (OSError, ValueError):  # closed meanwhile: nothing to read
@@ -640,12 +619,45 @@ def _wait_readable(fd: int, waker_fd: int | None, timeout: float | None) -> bool
     return fd in ready  # pragma: no cover
 
 
-def _check_drain_timeout(value: float | None) -> float | None:
+def _check_graceful_timeout(value: float | None) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError(f"drain_timeout must be None or a number of seconds >= 0, not {value!r}")
+        raise ValueError(f"graceful_timeout must be None or a number of seconds >= 0, not {value!r}")
     return float(value)
+
+
+class _RunState:
+    """Whether ``serve_forever()`` runs and whether it was asked to stop (socketserver's
+    ``__shutdown_request`` and ``__is_shut_down``), and the threads shutdown() must not wait on."""
+
+    __slots__ = ("loop_thread", "serving_thread", "stop_requested", "stopped")
+
+    def __init__(self) -> None:
+        #: shutdown() was called; serve_forever() clears it when it returns.
+        self.stop_requested = False
+        #: Set while serve_forever() is not running.
+        self.stopped = threading.Event()
+        self.stopped.set()
+        #: The thread in serve_forever() (also outside the loop proper, in a strategy's serve()).
+        self.serving_thread: int | None = None
+        #: The thread running the loop (serve_forever() or handle_request()).
+        self.loop_thread: int | None = None
+
+
+class _UnixFile:
+    """A Unix socket file a server created, removed at close unless another replaced it."""
+
+    __slots__ = ("inode", "path")
+
+    def __init__(self, path: str, inode: int) -> None:
+        self.path = path
+        self.inode = inode
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
 
 
 _WAKER = "waker"
@@ -656,48 +668,79 @@ class _Listening:
 
     __slots__ = ("sock",)
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Socket) -> None:
         self.sock = sock
 
 
-class _Idle:
-    """A connection waiting in the selector for its next bytes."""
+class _Resume:
+    """A connection a handler asked the loop to resume, with its state: the selector data
+    while it waits for its next bytes."""
 
-    __slots__ = ("request", "client_address", "deadline", "parked")
+    __slots__ = ("client_address", "deadline", "idle_timeout", "parked", "request", "state", "wanted")
 
-    def __init__(self, request: socket.socket, client_address: Address, deadline: float | None) -> None:
+    def __init__(self, request: Socket, client_address: Address, idle_timeout: float | None, state: object) -> None:
         self.request = request
         self.client_address = client_address
-        self.deadline = deadline
-        self.parked = True
+        self.idle_timeout = idle_timeout
+        self.state = state
+        #: Set by resume_when_readable(); shutdown_request() hands the connection back if set.
+        self.wanted = True
+        self.deadline: float | None = None
+        self.parked = False
 
 
 class _LoopState:
-    """What one process's loop owns: its selector, its wake-up socket, its idle connections."""
+    """What one process's loop owns: its selector, its wake-up socket, the connections handed
+    back to it (from any thread) and those parked in it until readable or idle too long."""
 
-    def __init__(self, pid: int, selector: selectors.BaseSelector, waker: Waker) -> None:
-        self.pid = pid
-        self.selector = selector
-        self.waker = waker
-        self._deadlines: list[tuple[float, int, _Idle]] = []
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.waker = Waker()
+        self.selector.register(self.waker, selectors.EVENT_READ, _WAKER)
+        # Handed back by handlers in other threads; parked by the loop on its next turn.
+        self._queued: deque[_Resume] = deque()
+        self._queue_lock = threading.Lock()
+        self._deadlines: list[tuple[float, int, _Resume]] = []
         self._order = itertools.count()
-        self._idle: set[_Idle] = set()
+        self._parked: set[_Resume] = set()
 
-    def park(self, request: socket.socket, client_address: Address, deadline: float | None) -> None:
-        idle = _Idle(request, client_address, deadline)
-        try:
-            self.selector.register(request, selectors.EVENT_READ, idle)
-        except (ValueError, OSError):  # closed by the handler after all: nothing to watch
-            request.close()
+    def queue(self, resume: _Resume, server: Server) -> bool:
+        """Queue ``resume`` for the loop; False if the server is closing (then close it)."""
+        with self._queue_lock:
+            if server.closing:
+                return False
+            was_empty = not self._queued
+            self._queued.append(resume)
+        if was_empty and threading.get_ident() != server._run.loop_thread:
+            self.waker.wake()
+        return True
+
+    def park_queued(self) -> None:
+        if not self._queued:
             return
-        self._idle.add(idle)
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, next(self._order), idle))
+        with self._queue_lock:
+            queued = list(self._queued)
+            self._queued.clear()
+        now = time.monotonic()
+        for resume in queued:
+            self.park(resume, None if resume.idle_timeout is None else now + resume.idle_timeout)
 
-    def unpark(self, idle: _Idle) -> None:
-        idle.parked = False
-        self._idle.discard(idle)
-        self.selector.unregister(idle.request)
+    def park(self, resume: _Resume, deadline: float | None) -> None:
+        try:
+            self.selector.register(resume.request, selectors.EVENT_READ, resume)
+        except (ValueError, OSError):  # closed by the handler after all: nothing to watch
+            resume.request.close()
+            return
+        resume.deadline = deadline
+        resume.parked = True
+        self._parked.add(resume)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._order), resume))
+
+    def unpark(self, resume: _Resume) -> None:
+        resume.parked = False
+        self._parked.discard(resume)
+        self.selector.unregister(resume.request)
 
     def next_wait(self, limit: float | None) -> float | None:
         """How long select() may block: ``limit``, or less if an idle deadline comes sooner."""
@@ -709,22 +752,38 @@ class _LoopState:
         until = max(0.0, heap[0][0] - time.monotonic())
         return until if limit is None else min(limit, until)
 
-    def expired(self, now: float) -> list[_Idle]:
+    def expired(self, now: float) -> list[_Resume]:
         heap = self._deadlines
         expired = []
         while heap and (heap[0][0] <= now or not heap[0][2].parked):
-            _, _, idle = heapq.heappop(heap)
-            if idle.parked:
-                self.unpark(idle)
-                expired.append(idle)
+            _, _, resume = heapq.heappop(heap)
+            if resume.parked:
+                self.unpark(resume)
+                expired.append(resume)
         return expired
 
-    def idle_connections(self) -> list[_Idle]:
-        return list(self._idle)
-
-    def close_all(self) -> list[_Idle]:
-        idle = list(self._idle)
-        for entry in idle:
-            self.unpark(entry)
+    def close_all(self, server: Server) -> list[_Resume]:
+        """For server_close(): set ``server.closing`` (no hand-back is queued after it), and
+        take every connection queued or parked, for the server to close."""
+        with self._queue_lock:
+            server.closing = True
+            idle = list(self._queued)
+            self._queued.clear()
+        for resume in list(self._parked):
+            self.unpark(resume)
+            idle.append(resume)
         self._deadlines.clear()
         return idle
+
+    def abandon(self) -> list[_Resume]:
+        """For after_fork(): close this copy of the loop without touching what the parent's
+        shares (no unregistering from the epoll set, which the parent's is too), and return
+        the connections it held, whose copies the child must close."""
+        idle = [*self._queued, *self._parked]
+        self.selector.close()
+        self.waker.close()
+        return idle
+
+    def close(self) -> None:
+        self.selector.close()
+        self.waker.close()

@@ -3,9 +3,11 @@
 :class:`WSGIRequestHandler` is an ordinary socketserver-style handler, so any strategy runs it.
 Each time a strategy runs it is one *turn* on the connection: it serves every request that is
 already readable (pipelining), and when the connection falls idle it hands the socket back to the
-core loop with :meth:`gearshift.Server.resume_when_readable` and returns. The loop hands it to
-the strategy again when the next request's bytes arrive, so an idle keep-alive connection holds a
-selector entry, not a thread, and a ``sync`` server interleaves many keep-alive clients. Where the
+core loop with :meth:`gearshift.Server.resume_when_readable`, the :class:`Connection` (parser,
+buffers, deadlines) as its state, and returns. The loop hands the socket to the strategy again
+when the next request's bytes arrive, and the handler takes its Connection back with
+``server.resumed_state()``; so an idle keep-alive connection holds a selector entry, not a
+thread, and a ``sync`` server interleaves many keep-alive clients. Where the
 loop cannot take it back (a ``fork`` child), the turn keeps the connection and waits for the next
 request itself with ``server.wait_readable()``, up to the keep-alive timeout or until the server
 starts closing.
@@ -110,13 +112,13 @@ class _Pace:
 class WSGIRequestHandler(socketserver.BaseRequestHandler):
     """Serve one turn of an HTTP connection (see the module docstring)."""
 
-    server: WSGIServer
+    # gearshift's server, which is no socketserver.BaseServer (typeshed's type for the attribute)
+    server: WSGIServer  # type: ignore[assignment]
 
     def handle(self) -> None:
-        server = self.server
-        connection = server.pending_connections.pop(self.request, None) if server.pending_connections else None
-        if connection is None:
-            connection = Connection(self.request, self.client_address, server)
+        connection = self.server.resumed_state(self.request)
+        if not isinstance(connection, Connection):  # a new connection
+            connection = Connection(self.request, self.client_address, self.server)
         connection.run()
 
 
@@ -181,17 +183,16 @@ class Connection:
             log.debug("connection from %s lost: %s", self.client_address, exc)
 
     def _park(self) -> bool:
-        """Give the idle connection back to the loop; False if the loop cannot take it."""
-        server, config = self.server, self.config
+        """Give the idle connection back to the loop, with this Connection as its state; False
+        if the loop cannot take it."""
         if self.parser.idle:
-            timeout = config.keep_alive_timeout if self.served else config.head_timeout
-            return server.resume_when_readable(self.sock, self.client_address, timeout)
-        # Part of a request head has arrived: keep the parser, and the head's deadline.
-        remaining = self._remaining_head_time()
-        if server.resume_when_readable(self.sock, self.client_address, remaining):
-            server.pending_connections[self.sock] = self
-            return True
-        return False
+            timeout = self.config.keep_alive_timeout if self.served else self.config.head_timeout
+            # The next head's deadline runs from its first byte, not from this wait.
+            self.head_deadline = None
+        else:
+            # Part of a request head has arrived: its deadline goes on across the wait.
+            timeout = self._remaining_head_time()
+        return self.server.resume_when_readable(self.sock, self.client_address, timeout, state=self)
 
     def _wait_readable(self) -> bool:
         """Where the loop could not take the connection back: wait for the next bytes here,

@@ -7,11 +7,11 @@ and the HTTP code only reads its ``multithread``/``multiprocess`` flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import socket
 import sys
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +35,7 @@ SERVER_SOFTWARE = f"gearshift/{__version__}"
 RENAMED_OPTIONS = {
     "header_timeout": "head_timeout (the request head), body_timeout and min_body_rate (the request "
                       "body), send_timeout and min_send_rate (the response)",
+    "drain_timeout": "graceful_timeout",
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
 
@@ -124,7 +125,7 @@ class WSGIServer(Server):
         request_handler: type[WSGIRequestHandler] | None = None,
         ssl_context: ssl_module.SSLContext | None = None,
         listener: socket.socket | None = None,
-        drain_timeout: float | None = None,
+        graceful_timeout: float | None = None,
         umask: int | None = None,
         **strategy_options: Any,
     ) -> None:
@@ -139,11 +140,9 @@ class WSGIServer(Server):
         self.app = app
         self.config = config or HTTPConfig()
         self.ssl_context = ssl_context
-        #: Connections parked with part of a request head read, by socket (see Connection._park).
-        self.pending_connections: weakref.WeakKeyDictionary[socket.socket, Connection] = weakref.WeakKeyDictionary()
         super().__init__(
             server_address, request_handler or WSGIRequestHandler, strategy,
-            listener=listener, drain_timeout=drain_timeout, umask=umask, **strategy_options,
+            listener=listener, graceful_timeout=graceful_timeout, umask=umask, **strategy_options,
         )
         for sock in self.listeners:
             self._defer_accept(sock)
@@ -168,10 +167,8 @@ class WSGIServer(Server):
         option = getattr(socket, "TCP_DEFER_ACCEPT", None)
         if option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(self.config.head_timeout)))
-        except OSError:
-            pass
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
         import ssl as ssl_module
@@ -209,8 +206,8 @@ class WSGIServer(Server):
 
     def handle_idle_timeout(self, request: socket.socket, client_address: Any) -> None:
         """A connection that went quiet in the middle of a request head gets its 408."""
-        connection = self.pending_connections.pop(request, None)
-        if connection is not None:
+        connection = self.resumed_state(request)
+        if isinstance(connection, Connection) and not connection.parser.idle:
             connection.reject(HTTPError(408, "the request was not received in time"), blocking=False)
         super().handle_idle_timeout(request, client_address)
 
@@ -228,7 +225,7 @@ def make_server(
     request_handler: type[WSGIRequestHandler] | None = None,
     ssl_context: ssl_module.SSLContext | None = None,
     fd: int | None = None,
-    drain_timeout: float | None = None,
+    graceful_timeout: float | None = None,
     umask: int | None = None,
     **options: Any,
 ) -> WSGIServer:
@@ -244,7 +241,8 @@ def make_server(
     for a Unix socket. ``port=0`` picks a free port (see ``server.server_address``). ``fd``
     adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the
     mode of a Unix socket it binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group
-    may connect). Call ``serve_forever()`` on the result.
+    may connect). ``graceful_timeout`` bounds how long ``server_close()`` waits for in-flight
+    requests (None: no bound). Call ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
     check_options(strategy_class, options, HTTP_OPTIONS, extra_label="HTTP options", renamed=RENAMED_OPTIONS)
@@ -259,5 +257,5 @@ def make_server(
         address = (host, port)
     return WSGIServer(
         address, app, strategy_class, config=config, request_handler=request_handler,
-        ssl_context=ssl_context, listener=listener, drain_timeout=drain_timeout, umask=umask, **options,
+        ssl_context=ssl_context, listener=listener, graceful_timeout=graceful_timeout, umask=umask, **options,
     )

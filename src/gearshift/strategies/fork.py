@@ -27,6 +27,7 @@ process on gearshift's account (Python 3.12+ warns about that).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -73,8 +74,8 @@ class ForkStrategy(Strategy):
         #: pid -> pidfd (or None where pidfds are unavailable) of every child not yet reaped.
         self.active_children: dict[int, int | None] = {}
         # Exited children are found with one poll() over their pidfds per loop turn, instead of
-        # one waitpid() per live child (socketserver's way: 40 system calls a turn at capacity).
-        self._exits = select.poll() if _pidfd_open is not None else None
+        # one waitpid() per live child (socketserver's way: max_children system calls a turn).
+        self._exits = select.poll() if _HAVE_PIDFD else None
         self._pid_of_fd: dict[int, int] = {}
         # Ends a wait for a free slot when the server is stopped or closed (stop_serving, close);
         # created by the first such wait.
@@ -128,14 +129,12 @@ class ForkStrategy(Strategy):
         server = self.server
         try:
             server.after_fork()
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: signals stay as they were
                 # Ctrl+C reaches the whole process group: the parent decides whether in-flight
                 # requests finish. The parent's server_close() sends SIGTERM: finish the request
                 # in hand and stop waiting for more on the connection.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, self._child_sigterm)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM already sent lands now
             try:
                 server.finish_request(request, client_address)
@@ -148,10 +147,8 @@ class ForkStrategy(Strategy):
             status = 1
         except BaseException:  # handle_error or shutdown_request failed
             status = 1
-            try:
+            with contextlib.suppress(BaseException):
                 log.exception("error in the child process serving %s", client_address)
-            except BaseException:
-                pass
         finally:
             _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
             os._exit(status)
@@ -172,12 +169,11 @@ class ForkStrategy(Strategy):
 
         Why: a collection writes into the header of every object it examines, and in a child
         each such write copies a page. Unfrozen, a child whose allocations tip the collector's
-        counter over its threshold walks objects the parent made (about 40 pages per HTTP
-        request on average here, and how often it happens shifts with unrelated changes to
-        what the parent imported). Frozen, children and parent only ever examine objects made
-        since serving began. The cost: cyclic garbage from before serving began is not
-        reclaimed until serving ends (the freeze is undone then, unless something else had
-        frozen objects first).
+        counter over its threshold walks objects the parent made (benchmarks/README.md has the
+        numbers). Frozen, children and parent only ever examine objects made since serving
+        began. The cost: cyclic garbage from before serving began is not reclaimed until
+        serving ends (the freeze is undone then, unless something else had frozen objects
+        first).
         """
         self._stopping = False
         if self._wake is not None:
@@ -186,8 +182,8 @@ class ForkStrategy(Strategy):
             run_loop()
             return
         # No gc.collect() first: freeing garbage now would leave holes across the parent's
-        # pages that children then allocate into, page fault by page fault (measured: +18 per
-        # request). Cycles that are garbage already stay until serving ends, once.
+        # pages that children then allocate into, each allocation a copy-on-write fault.
+        # Cycles that are garbage already stay until serving ends, once.
         ours = gc.get_freeze_count() <= _FROZEN_AT_START
         gc.freeze()
         try:
@@ -266,10 +262,8 @@ class ForkStrategy(Strategy):
         children = list(self.active_children)
         self._signal_all(signal.SIGKILL)
         for pid in children:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
             self._forget(pid)
         return len(children)
 
@@ -307,10 +301,8 @@ class ForkStrategy(Strategy):
 
 
 def _kill(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _es(count: int) -> str:
@@ -322,14 +314,14 @@ def _es(count: int) -> str:
 #: its own before serving, and then the freeze is left in place when serving ends.
 _FROZEN_AT_START = gc.get_freeze_count()
 
-_pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+, Python 3.9+
+_HAVE_PIDFD = hasattr(os, "pidfd_open")  # Linux 5.3+, Python 3.9+
 
 
 def _pidfd(pid: int) -> int | None:
-    if _pidfd_open is None:
+    if not _HAVE_PIDFD:
         return None
     try:
-        return _pidfd_open(pid)
+        return os.pidfd_open(pid)
     except OSError:  # old kernel, or seccomp: fall back to polling
         return None
 
@@ -337,10 +329,8 @@ def _pidfd(pid: int) -> int | None:
 def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:
-            try:
+            with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
                 stream.flush()
-            except Exception:  # a closed or broken stream: nothing to keep
-                pass
 
 
 @hookimpl
