@@ -83,10 +83,10 @@ is dead: every further ``feed``/``feed_eof`` raises the same error again.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections import deque
 from types import SimpleNamespace
+from typing import Final
 
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
@@ -110,16 +110,18 @@ _FIELD_LINE = re.compile(rb"[%s]+:[\t\x20-\x7e\x80-\xff]*\r\n" % _TCHAR)
 _CRLFS = re.compile(rb"(?:\r\n)+")
 _TCHAR_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
-#: The methods llhttp parses; it is shown ``GET`` in place of any other token.
-_LLHTTP_METHODS = frozenset(
-    (
+#: The methods llhttp parses (with their str, for Request.method); it is shown ``GET`` in
+#: place of any other token.
+_LLHTTP_METHODS = {
+    m: m.decode("ascii")
+    for m in (
         b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"COPY",
         b"LOCK", b"MKCOL", b"MOVE", b"PROPFIND", b"PROPPATCH", b"SEARCH", b"UNLOCK", b"BIND",
         b"REBIND", b"UNBIND", b"ACL", b"REPORT", b"MKACTIVITY", b"CHECKOUT", b"MERGE",
         b"M-SEARCH", b"NOTIFY", b"SUBSCRIBE", b"UNSUBSCRIBE", b"PURGE", b"MKCALENDAR", b"LINK",
         b"UNLINK", b"SOURCE", b"QUERY",
     )
-)
+}
 _VERSIONS = {b"1.1": "1.1", b"1.0": "1.0"}
 #: Request fields that RFC 9110 defines as one value, not a comma-separated list, so they may
 #: appear only once (RFC 9110 §5.3): a repeat cannot be combined, and two readers of the message
@@ -173,18 +175,22 @@ _CHUNK_LINE = re.compile(
 )
 
 
-class _State(enum.Enum):
-    """What the parser expects next."""
+class _State:
+    """What the parser expects next.
 
-    REQUEST_LINE = "request line"  # or the empty lines allowed before one; a partial line is in _buf
-    HEADERS = "header section"  # given to llhttp as it arrives
-    BODY = "Content-Length body"  # _remaining bytes still due
-    CHUNK_SIZE = "chunk-size line"  # a partial line is in _buf
-    CHUNK_DATA = "chunk data"  # _remaining bytes still due
-    CHUNK_END = "CRLF after chunk data"  # _remaining (2 or 1) bytes of it still due
-    TRAILERS = "trailer section"  # a partial line is in _buf
-    CLOSED = "closed"  # after a request that ends the connection, or after EOF: bytes are ignored
-    DEAD = "dead"  # after an HTTPError, which every call raises again
+    Plain constants, not an ``enum.Enum``: the state is read and set several times per request,
+    and reading an Enum member costs several times what reading a class attribute does.
+    """
+
+    REQUEST_LINE: Final = "request line"  # or the empty lines allowed before one; a partial line is in _buf
+    HEADERS: Final = "header section"  # given to llhttp as it arrives
+    BODY: Final = "Content-Length body"  # _remaining bytes still due
+    CHUNK_SIZE: Final = "chunk-size line"  # a partial line is in _buf
+    CHUNK_DATA: Final = "chunk data"  # _remaining bytes still due
+    CHUNK_END: Final = "CRLF after chunk data"  # _remaining (2 or 1) bytes of it still due
+    TRAILERS: Final = "trailer section"  # a partial line is in _buf
+    CLOSED: Final = "closed"  # after a request that ends the connection, or after EOF: bytes are ignored
+    DEAD: Final = "dead"  # after an HTTPError, which every call raises again
 
 
 class Request:
@@ -280,6 +286,7 @@ class RequestParser:
         "_state",
         "_error",
         "_request",
+        "_headers",
         "_special",
         "_buf",
         "_tail",
@@ -297,14 +304,25 @@ class RequestParser:
         self._max_headers = limits.max_headers
         self._max_header_block = limits.max_header_block
         self._max_body = limits.max_body_size
-        # httptools looks the callbacks up once, by name, on the object it is given.
-        self._callbacks = SimpleNamespace(on_header=self._on_header, on_headers_complete=self._on_headers_complete)
+        # httptools looks the callbacks up by name on the object it is given, once per llhttp
+        # parser; the unused ones are None (present, so that each look-up is quick).
+        self._callbacks = SimpleNamespace(
+            on_message_begin=None,
+            on_url=None,
+            on_header=self._on_header,
+            on_headers_complete=self._on_headers_complete,
+            on_body=None,
+            on_message_complete=None,
+            on_chunk_header=None,
+            on_chunk_complete=None,
+        )
         self._ll = httptools.HttpRequestParser(self._callbacks)
-        self._state = _State.REQUEST_LINE
+        self._state: str = _State.REQUEST_LINE
         self._error: HTTPError | None = None
         # The request whose head or body is being parsed, or the last one (before the first
         # request line: a placeholder that is never delivered).
         self._request = Request("", b"", b"", b"", "1.1")
+        self._headers = self._request.headers  # the request's, for the callback
         self._special: list[tuple[int, bytes]] = []  # (kind, value) of the head's fields in _SPECIAL
         self._buf = bytearray()  # a partial request line, chunk-size line or trailer line
         self._tail = b""  # the last (up to 3) bytes of the head so far, to find its end across feeds
@@ -338,10 +356,10 @@ class RequestParser:
                 state = self._state
                 if state is _State.REQUEST_LINE:
                     pos = self._feed_request_line(data, pos, n)
-                elif state is _State.HEADERS:
-                    pos = self._feed_headers(data, pos, pos, n)
                 elif state is _State.BODY:
                     pos = self._feed_body(data, pos, n)
+                elif state is _State.HEADERS:
+                    pos = self._feed_headers(data, pos, pos, n)
                 elif state is _State.CHUNK_SIZE:
                     pos = self._feed_chunk_size(data, pos, n)
                 elif state is _State.CHUNK_DATA:
@@ -437,15 +455,19 @@ class RequestParser:
             path = absolute.group(2) or b"/"
             query = absolute.group(3) or b""
 
-        self._request = Request(method.decode("ascii"), target, path, query, _VERSIONS[version])
+        name = _LLHTTP_METHODS.get(method)
+        skip = 0
+        if name is None:
+            name = method.decode("ascii")
+            self._ll_feed(b"GET")
+            skip = len(method)
+        self._request = request = Request(name, target, path, query, _VERSIONS[version])
+        self._headers = request.headers
         self._special = []
         self._tail = b"\r\n"
         self._line = self._fields = self._block = 0
         self._state = _State.HEADERS
-        if method in _LLHTTP_METHODS:
-            return 0
-        self._ll_feed(b"GET")
-        return len(method)
+        return skip
 
     def _feed_headers(self, data: bytes, ll_start: int, pos: int, n: int) -> int:
         """Take header-section bytes from ``pos``; llhttp is given ``data`` from ``ll_start``.
@@ -453,14 +475,18 @@ class RequestParser:
         Returns where the head ended, or ``n``.
         """
         tail = self._tail
-        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")  # an end straddling two feeds
-        if end >= 0:
-            end += pos - len(tail)  # may be before pos: where the CRLFCRLF starts, in the last feed
+        if ll_start < pos:  # the request line is in ``data``: its CRLF is the 2 bytes before pos
+            end = data.find(b"\r\n\r\n", pos - 2)
+            found = end >= 0
         else:
-            end = data.find(b"\r\n\r\n", pos)
-            if end < 0:
-                end = None
-        if end is None:
+            end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")  # an end straddling two feeds
+            found = end >= 0
+            if found:
+                end += pos - len(tail)  # maybe before pos: where the CRLFCRLF started, in the last feed
+            else:
+                end = data.find(b"\r\n\r\n", pos)
+                found = end >= 0
+        if not found:
             self._count_fields(data, pos, n)
             self._tail = data[n - 3 :] if n - pos >= 3 else (tail + data[pos:])[-3:]
             self._ll_feed(data if ll_start == 0 else data[ll_start:])
@@ -476,28 +502,23 @@ class RequestParser:
         """Check the header-section bytes ``data[pos:stop]`` against the limits."""
         if stop <= pos:
             return
-        max_size = self._max_header_size
-        nl = data.find(b"\n", pos, stop)
-        if nl < 0:
-            line = self._line + stop - pos
-        else:
-            # Each line is measured without its CRLF; the first one began before ``pos``.
-            if self._line + nl - pos - 1 > max_size:
-                raise HTTPError(431, "a request header field is too large")
-            last = data.rfind(b"\n", nl + 1, stop)
-            if last < 0:
-                last = nl
-                lines = 1
-            else:
-                lines = data.count(b"\n", nl + 1, last) + 2
-                if last - nl - 2 > max_size and max(map(len, data[nl + 1 : last].split(b"\n"))) - 1 > max_size:
-                    raise HTTPError(431, "a request header field is too large")
+        lines = data.count(b"\n", pos, stop)
+        if lines:
             self._fields += lines
             if self._fields > self._max_headers:
                 raise HTTPError(431, "too many request header fields")
+            last = data.rfind(b"\n", pos, stop)
+            # Lines are measured without CRLF; the first one began ``self._line`` bytes before pos.
+            if self._line + last - pos - 1 > self._max_header_size:  # then one of them may be too long
+                lengths = [len(line) - 1 for line in data[pos:last].split(b"\n")]
+                lengths[0] += self._line
+                if max(lengths) > self._max_header_size:
+                    raise HTTPError(431, "a request header field is too large")
             line = stop - last - 1
+        else:
+            line = self._line + stop - pos
         cr = data[stop - 1] == 13  # a final CR waits for its LF, and is not counted yet
-        if line - cr > max_size:
+        if line - cr > self._max_header_size:
             raise HTTPError(431, "a request header field is too large")
         self._line = line
         self._block += stop - pos
@@ -519,7 +540,7 @@ class RequestParser:
 
     def _on_header(self, name: bytes, value: bytes) -> None:
         value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value, not after it
-        self._request.headers.append((name, value))
+        self._headers.append((name, value))
         kind = _KIND.get(name)
         if kind is None:
             kind = _SPECIAL.get(name.lower())
@@ -603,15 +624,14 @@ class RequestParser:
             if self._max_body is not None and size > self._max_body:
                 raise HTTPError(413, "the request body is too large")
             request.content_length = size
-            if size:
-                self._remaining = size
-                self._state = _State.BODY
+            self._remaining = size
+            self._state = _State.BODY
         self.requests.append(request)
-        if self._state is _State.HEADERS:
-            self._end_message()
-        else:
+        if self._remaining or request.chunked:
             # llhttp now waits for the body, which is decoded here: the next head goes to a fresh llhttp.
             self._ll = httptools.HttpRequestParser(self._callbacks)
+        else:
+            self._end_message()
 
     def _end_message(self) -> None:
         self._request.complete = True
@@ -623,7 +643,7 @@ class RequestParser:
         """Take Content-Length body bytes from ``pos``; return where this step stopped."""
         stop = min(pos + self._remaining, n)
         request = self._request
-        request.body += memoryview(data)[pos:stop]
+        request.body += data if pos == 0 and stop == n else data[pos:stop]
         request.body_received += stop - pos
         self._remaining -= stop - pos
         if not self._remaining:
@@ -690,7 +710,7 @@ class RequestParser:
     def _feed_chunk_data(self, data: bytes, pos: int, n: int) -> int:
         stop = min(pos + self._remaining, n)
         request = self._request
-        request.body += memoryview(data)[pos:stop]
+        request.body += data if pos == 0 and stop == n else data[pos:stop]
         request.body_received += stop - pos
         if self._max_body is not None and request.body_received > self._max_body:
             raise HTTPError(413, "the request body is too large")
