@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 import pytest
+from corpus import MALFORMED, VALID, VALID_PIPELINES, Case, Valid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corpus import MALFORMED, VALID, VALID_PIPELINES, Case, Valid
 from gearshift.http.errors import HTTPError, ProtocolLimits
 from gearshift.http.parser import SINGLETON_FIELDS, Request, RequestParser
 
@@ -741,7 +741,7 @@ def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
         return split_every(data, 1)
     cuts = sorted(draw(st.sets(st.integers(min_value=1, max_value=max(1, len(data) - 1)), max_size=12)))
     points = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -751,7 +751,7 @@ def test_property_random_splits_change_nothing(data: st.DataObject) -> None:
     whole = outcome(raw)
     assert whole[0] == "ok", whole
     assert len(whole[1]) == len(expected)
-    for snap, exp in zip(whole[1], expected):
+    for snap, exp in zip(whole[1], expected, strict=True):
         (method, target, path, query, version, headers, keep_alive, _, chunked, length, body, complete, received) = snap
         assert (method, target, path, query, version) == (
             exp["method"],

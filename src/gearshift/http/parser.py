@@ -107,6 +107,8 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z.:%_~!$&'()*+,;=\-]+\]|[0-9A-Za-z.%_~!$&'()
 #: field-line CRLF (RFC 9112 §5), as llhttp accepts it in a head: token ":" then SP, HTAB,
 #: visible ASCII or obs-text. Used for trailer fields, which llhttp never sees.
 _FIELD_LINE = re.compile(rb"[%s]+:[\t\x20-\x7e\x80-\xff]*\r\n" % _TCHAR)
+#: Fields that frame a message, so a trailer section must not hold them (RFC 9110 §6.5.1).
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding"))
 _CRLFS = re.compile(rb"(?:\r\n)+")
 _TCHAR_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
@@ -166,6 +168,7 @@ _KIND = {
     **{name.title(): kind for name, kind in _SPECIAL.items()},
 }
 _MAX_CONTENT_LENGTH = 2**63 - 1
+_DEFAULT_LIMITS = ProtocolLimits()
 
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 #: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
@@ -296,7 +299,7 @@ class RequestParser:
         "_remaining",
     )
 
-    def __init__(self, limits: ProtocolLimits = ProtocolLimits()) -> None:
+    def __init__(self, limits: ProtocolLimits = _DEFAULT_LIMITS) -> None:
         self.requests: deque[Request] = deque()
         self._limits = limits
         self._max_request_line = limits.max_request_line
@@ -749,6 +752,8 @@ class RequestParser:
             raise HTTPError(431, "the chunked body's trailer section is too large")
         if _FIELD_LINE.fullmatch(line) is None:
             raise HTTPError(400, "malformed trailer field")
+        if line[: line.index(b":")].lower() in _FRAMING_FIELDS:
+            raise HTTPError(400, "a framing field in the trailer section")
         return end
 
 
