@@ -329,9 +329,9 @@ class RequestParser:
         self._special: list[tuple[int, bytes]] = []  # (kind, value) of the head's fields in _SPECIAL
         self._buf = bytearray()  # a partial request line, chunk-size line or trailer line
         self._tail = b""  # the last (up to 3) bytes of the head so far, to find its end across feeds
-        self._line = 0  # bytes of the unfinished header line (or trailer section) so far
+        self._line = 0  # bytes of the unfinished header line so far
         self._fields = 0  # header field lines so far
-        self._block = 0  # header section bytes so far
+        self._block = 0  # header (or trailer) section bytes so far
         self._remaining = 0  # body, chunk data or CRLF bytes still due
 
     # -- public API ----------------------------------------------------------------------------
