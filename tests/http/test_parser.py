@@ -636,6 +636,20 @@ def test_trailer_section_limit() -> None:
     assert status == 431 and fed <= len(head) + 2 * limit + 1
 
 
+def test_trailer_section_limit_is_exact_however_split() -> None:
+    limit = 100
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+    first = b"T-1: one\r\n"
+    at_limit = first + b"T-2: " + b"t" * (limit - len(first) - 7) + b"\r\n"
+    assert len(at_limit) == limit
+    limits = ProtocolLimits(max_header_block=limit)
+    for size in (1, 7, 1000):
+        raw = head + at_limit + b"\r\n"
+        assert outcome(raw, split_every(raw, size), limits)[0] == "ok", size
+        raw = head + at_limit.replace(b"T-2: ", b"T-2: t") + b"\r\n"
+        assert outcome(raw, split_every(raw, size), limits)[:2] == ("error", 431), size
+
+
 def test_large_body_in_many_feeds() -> None:
     body = bytes(range(256)) * 1000
     raw = b"PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body

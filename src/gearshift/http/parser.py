@@ -739,7 +739,8 @@ class RequestParser:
         end = data.find(b"\n", pos) + 1
         if not end:
             buf += data[pos:]
-            if self._block + len(buf) > self._max_header_block:
+            # A final CR waits for its LF: it may begin the empty line, which is not counted.
+            if self._block + len(buf) - (buf[-1] == 13) > self._max_header_block:
                 raise HTTPError(431, "the chunked body's trailer section is too large")
             return n
         line = bytes(buf) + data[pos:end] if buf else data[pos:end]
