@@ -23,10 +23,12 @@ How the work is split
   ends, sizes), on a head that arrives whole as on one that arrives byte by byte.
 * **Bodies are decoded here, never by llhttp.** A ``Content-Length`` body is counted. Chunked
   framing is decoded here because llhttp refuses the whitespace RFC 9112 §7.1.1 allows around
-  chunk extensions, and its trailer fields are checked here with the field-line grammar. A head
-  that declares a body leaves llhttp waiting for a body it will never see, so the next head goes
-  to a fresh llhttp. llhttp also stops after the head of an ``Upgrade`` request, which is where
-  it stops anyway: ``Upgrade`` needs nothing special.
+  chunk extensions (its ``lenient_spaces_after_chunk_size`` allows the whitespace before ``;``
+  only, none after it nor around ``=``), and its trailer fields are checked here with the
+  field-line grammar. No llhttp leniency is enabled. A head that declares a body leaves llhttp
+  waiting for a body it will never see, so the next head goes to a fresh llhttp. llhttp also
+  stops after the head of an ``Upgrade`` request, which is where it stops anyway: ``Upgrade``
+  needs nothing special.
 
 Decisions (RFC 9112 / RFC 9110 leave a choice)
 ----------------------------------------------
