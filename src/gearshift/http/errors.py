@@ -12,7 +12,7 @@ Status codes used by the parser:
 * 413 Content Too Large — the body exceeds ``max_body_size``.
 * 414 URI Too Long — the request line exceeds ``max_request_line``.
 * 431 Request Header Fields Too Large — a header line, the number of header lines or the whole
-  header section exceeds its limit (also: an oversized trailer section / chunk metadata run).
+  header section exceeds its limit (also: an oversized chunk-size line or trailer section).
 * 501 Not Implemented — a transfer coding other than ``chunked``; the ``CONNECT`` method.
 * 505 HTTP Version Not Supported — a well-formed version other than 1.0 and 1.1.
 """
@@ -84,7 +84,7 @@ class ProtocolLimits:
     * ``max_header_block`` — total size of the header field lines, each counted with its CRLF
       (the request line and the empty line ending the head are not counted). Over it: 431.
       Also bounds each chunk-size line of a chunked body (with its extensions), and its trailer
-      section (measured per piece fed to llhttp: refused by the time it is twice this long).
+      section (counted the same way).
     * ``max_body_size`` — body bytes: a declared ``Content-Length`` over it is refused as soon as
       the head is parsed, a chunked body as soon as the decoded data passes it. ``None`` means
       unlimited; ``0`` allows only empty bodies. Over it: 413.

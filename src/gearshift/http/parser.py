@@ -7,19 +7,28 @@ transfer-coding rules, body size limits, and one status code per kind of violati
 
 How the work is split
 ---------------------
-* **Heads are framed here.** Bytes of a request head are buffered until the empty line
-  (``CRLF CRLF``) arrives, with every limit checked incrementally on the partial buffer, so an
-  endless request line or header is refused (414/431) as soon as it passes the limit, without
-  waiting for a line end. The complete head is checked (limits, request line) and then given to
-  llhttp in one call; llhttp validates header syntax and ``Content-Length``/
-  ``Transfer-Encoding`` framing. Header fields are then extracted from the head with one regex.
-* **Content-Length bodies are decoded by llhttp**, fed exactly up to their end, so llhttp never
-  sees a byte of the next request and the next head is framed here again.
-* **Chunked bodies are decoded here, their trailers by llhttp.** Chunk-size lines and chunk data
-  are decoded here, because llhttp refuses the whitespace RFC 9112 allows in chunk extensions;
-  llhttp is then given the last chunk (``0`` CRLF, its extensions dropped) and the trailer
-  section up to each ``CRLF CRLF`` (where the message may end), validates the trailer fields
-  and ends the message.
+* **llhttp parses the header section.** Each head's bytes are given to llhttp as they arrive;
+  llhttp validates the field syntax (token names, no whitespace before the colon, no CTLs, no
+  obs-fold, CRLF only) and the syntax of ``Content-Length``/``Transfer-Encoding``, and reports
+  each field to ``_on_header``; the rules above its syntax are enforced there and in
+  ``_on_headers_complete``.
+* **The request line is parsed here**, with one regex, before llhttp sees it: llhttp knows a
+  fixed list of methods only (any token is a method here; llhttp is shown ``GET`` in place of
+  one it does not know, which does not change how a request is framed), and it reports an
+  unsupported version as a syntax error where RFC 9110 wants a 505.
+* **One framing step: the end of each head is found here**, and llhttp is given exactly the
+  head's bytes. The size limits need line positions: llhttp's callbacks carry none, and
+  httptools buffers an unfinished field line without any callback, so an endless line could not
+  be refused by a callback before it ends. Each byte of a head is examined once here (line
+  ends, sizes), on a head that arrives whole as on one that arrives byte by byte.
+* **Bodies are decoded here, never by llhttp.** A ``Content-Length`` body is counted. Chunked
+  framing is decoded here because llhttp refuses the whitespace RFC 9112 §7.1.1 allows around
+  chunk extensions (its ``lenient_spaces_after_chunk_size`` allows the whitespace before ``;``
+  only, none after it nor around ``=``), and its trailer fields are checked here with the
+  field-line grammar. No llhttp leniency is enabled. A head that declares a body leaves llhttp
+  waiting for a body it will never see, so the next head goes to a fresh llhttp. llhttp also
+  stops after the head of an ``Upgrade`` request, which is where it stops anyway: ``Upgrade``
+  needs nothing special.
 
 Decisions (RFC 9112 / RFC 9110 leave a choice)
 ----------------------------------------------
@@ -38,13 +47,11 @@ Decisions (RFC 9112 / RFC 9110 leave a choice)
   HTTP/1.0 request any ``Transfer-Encoding`` is a 400 (RFC 9112 §6.1: the framing is faulty).
   ``Content-Length`` together with ``Transfer-Encoding`` is a 400.
 * **Methods:** any token (RFC 9110 tchar) is accepted, case-sensitively: ``FOO`` and ``get``
-  are delivered as such, and the application answers 405/501 itself. llhttp only knows a fixed
-  list of methods, so for any other method llhttp is shown ``GET`` in its place (the method does
-  not change request framing in HTTP/1.1, except for ``CONNECT``).
+  are delivered as such, and the application answers 405/501 itself.
 * **Chunk extensions** are accepted and ignored, with BWS around ``;`` and ``=`` and
   quoted-string values (RFC 9112 §7.1.1); a chunk-size line outside that grammar (including
   trailing whitespace or an empty value) is a 400, and one longer than ``max_header_block`` a
-  431.
+  431. Trailer fields follow the header field grammar; they are checked and dropped.
 * **Singleton fields:** a repeated field of :data:`SINGLETON_FIELDS` (``Content-Type``,
   ``Authorization``, ``Range``, ...: fields RFC 9110 defines as one value, not a list) is a 400.
 * **CONNECT:** 501 (this server does not tunnel).
@@ -81,6 +88,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from types import SimpleNamespace
+from typing import Final
 
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
@@ -98,13 +106,16 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _ABSOLUTE_FORM = re.compile(rb"[hH][tT][tT][pP][sS]?://([^/?]+)([^?]*)(?:\?(.*))?", re.DOTALL)
 #: uri-host [":" port]: reg-name / IPv4 / IP-literal (RFC 3986), any case. Empty is allowed.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z.:%_~!$&'()*+,;=\-]+\]|[0-9A-Za-z.%_~!$&'()*+,;=\-]*)(?::[0-9]*)?")
-#: One header field line of a head llhttp has already validated (names are tokens, every line
-#: has a colon, values have no CR): single-character negated classes keep this regex fast.
-_FIELD_LINE = re.compile(rb"([^:]+):[ \t]*([^\r]*)\r\n")
+#: field-line CRLF (RFC 9112 §5), as llhttp accepts it in a head: token ":" then SP, HTAB,
+#: visible ASCII or obs-text. Used for trailer fields, which llhttp never sees.
+_FIELD_LINE = re.compile(rb"[%s]+:[\t\x20-\x7e\x80-\xff]*\r\n" % _TCHAR)
+#: Fields that frame a message, so a trailer section must not hold them (RFC 9110 §6.5.1).
+_FRAMING_FIELDS = frozenset((b"content-length", b"transfer-encoding"))
 _CRLFS = re.compile(rb"(?:\r\n)+")
 _TCHAR_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
-#: Methods llhttp parses as ordinary requests; other tokens are shown to llhttp as GET.
+#: The methods llhttp parses (with their str, for Request.method); it is shown ``GET`` in
+#: place of any other token.
 _LLHTTP_METHODS = {
     m: m.decode("ascii")
     for m in (
@@ -126,6 +137,7 @@ SINGLETON_FIELDS = (
     b"if-modified-since", b"if-range", b"if-unmodified-since", b"max-forwards",
     b"proxy-authorization", b"range", b"referer", b"user-agent",
 )
+# The fields the parser acts on, by kind; 0 is any other field.
 _HOST_H, _CL_H, _TE_H, _CONN_H, _EXPECT_H = range(1, 6)
 _SINGLE_H = 8  # SINGLETON_FIELDS[i] has kind _SINGLE_H + i (a bit in a mask of those seen)
 _SPECIAL = {
@@ -137,7 +149,9 @@ _SPECIAL = {
     **{name: _SINGLE_H + i for i, name in enumerate(SINGLETON_FIELDS)},
 }
 _SINGLE_NAMES = {_SINGLE_H + i: name.decode("ascii").title() for i, name in enumerate(SINGLETON_FIELDS)}
-#: _SPECIAL plus the usual spellings of common header names, to skip most ``name.lower()``s.
+#: _SPECIAL plus the usual spellings of common field names: a field name is looked up as
+#: received first, and lowered only when it is not found (``name.lower()`` for every field of a
+#: browser's request would cost more than the lookup).
 _KIND = {
     **{
         spelling: 0
@@ -156,21 +170,7 @@ _KIND = {
     **{name.title(): kind for name, kind in _SPECIAL.items()},
 }
 _MAX_CONTENT_LENGTH = 2**63 - 1
-
-# Parser states.
-_HEAD = 0  # framing a request head (or between requests)
-_IN_HEAD = 1  # llhttp is parsing a head this parser framed
-_BODY = 2  # Content-Length body: _remaining bytes still to come
-_CHUNKED = 3  # chunked body
-_CLOSED = 4  # after a request that ends the connection, or after EOF: bytes are ignored
-_DEAD = 5  # after an HTTPError
-_SYNTHETIC = 6  # llhttp is parsing the synthetic head of _after_upgrade
-
-# Where a chunked body is (the _CHUNKED state); _remaining counts data or CRLF bytes still due.
-_CK_SIZE = 0  # in a chunk-size line (the partial line is in _buf)
-_CK_DATA = 1  # in chunk data
-_CK_CRLF = 2  # in the CRLF after chunk data
-_CK_TRAILER = 3  # after the last chunk: llhttp parses the trailer section
+_DEFAULT_LIMITS = ProtocolLimits()
 
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 #: chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
@@ -178,6 +178,24 @@ _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*\r\n" % (_TCHAR, _TCHAR, _QUOTED_STRING)
 )
+
+
+class _State:
+    """What the parser expects next.
+
+    Plain constants, not an ``enum.Enum``: the state is read and set several times per request,
+    and reading an Enum member costs several times what reading a class attribute does.
+    """
+
+    REQUEST_LINE: Final = "request line"  # or the empty lines allowed before one; a partial line is in _buf
+    HEADERS: Final = "header section"  # given to llhttp as it arrives
+    BODY: Final = "Content-Length body"  # _remaining bytes still due
+    CHUNK_SIZE: Final = "chunk-size line"  # a partial line is in _buf
+    CHUNK_DATA: Final = "chunk data"  # _remaining bytes still due
+    CHUNK_END: Final = "CRLF after chunk data"  # _remaining (2 or 1) bytes of it still due
+    TRAILERS: Final = "trailer section"  # a partial line is in _buf
+    CLOSED: Final = "closed"  # after a request that ends the connection, or after EOF: bytes are ignored
+    DEAD: Final = "dead"  # after an HTTPError, which every call raises again
 
 
 class Request:
@@ -268,25 +286,22 @@ class RequestParser:
         "_max_headers",
         "_max_header_block",
         "_max_body",
+        "_callbacks",
         "_ll",
-        "_proto",
         "_state",
         "_error",
-        "_cur",
-        "_head",
-        "_hdr_start",
-        "_remaining",
+        "_request",
+        "_headers",
+        "_special",
         "_buf",
-        "_scan",
-        "_lines",
-        "_last_nl",
-        "_rl_end",
         "_tail",
-        "_run",
-        "_chunk",
+        "_line",
+        "_fields",
+        "_block",
+        "_remaining",
     )
 
-    def __init__(self, limits: ProtocolLimits = ProtocolLimits()) -> None:
+    def __init__(self, limits: ProtocolLimits = _DEFAULT_LIMITS) -> None:
         self.requests: deque[Request] = deque()
         self._limits = limits
         self._max_request_line = limits.max_request_line
@@ -294,24 +309,32 @@ class RequestParser:
         self._max_headers = limits.max_headers
         self._max_header_block = limits.max_header_block
         self._max_body = limits.max_body_size
-        # httptools looks the callbacks up once, by name, on this object.
-        self._proto = SimpleNamespace(
+        # httptools looks the callbacks up by name on the object it is given, once per llhttp
+        # parser; the unused ones are None (present, so that each look-up is quick).
+        self._callbacks = SimpleNamespace(
+            on_message_begin=None,
+            on_url=None,
+            on_header=self._on_header,
             on_headers_complete=self._on_headers_complete,
-            on_body=self._on_body,
-            on_message_complete=self._on_message_complete,
+            on_body=None,
+            on_message_complete=None,
+            on_chunk_header=None,
+            on_chunk_complete=None,
         )
-        self._ll = httptools.HttpRequestParser(self._proto)
-        self._state = _HEAD
+        self._ll = httptools.HttpRequestParser(self._callbacks)
+        self._state: str = _State.REQUEST_LINE
         self._error: HTTPError | None = None
-        self._cur: Request | None = None  # the request whose head or body llhttp is parsing
-        self._head = b""
-        self._hdr_start = 0
-        self._remaining = 0
-        self._buf = bytearray()  # a partial head
-        self._reset_partial()
-        self._chunk = _CK_SIZE  # where a chunked body is (_CHUNKED state)
-        self._tail = b""  # the last (up to 3) trailer-section bytes given to llhttp
-        self._run = 0  # trailer-section bytes given to llhttp
+        # The request whose head or body is being parsed, or the last one (before the first
+        # request line: a placeholder that is never delivered).
+        self._request = Request("", b"", b"", b"", "1.1")
+        self._headers = self._request.headers  # the request's, for the callback
+        self._special: list[tuple[int, bytes]] = []  # (kind, value) of the head's fields in _SPECIAL
+        self._buf = bytearray()  # a partial request line, chunk-size line or trailer line
+        self._tail = b""  # the last (up to 3) bytes of the head so far, to find its end across feeds
+        self._line = 0  # bytes of the unfinished header line so far
+        self._fields = 0  # header field lines so far
+        self._block = 0  # header (or trailer) section bytes so far
+        self._remaining = 0  # body, chunk data or CRLF bytes still due
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -323,7 +346,7 @@ class RequestParser:
     def idle(self) -> bool:
         """True when no part of a request is buffered or being received (between requests)."""
         state = self._state
-        return (state == _HEAD and not self._buf) or state == _CLOSED
+        return (state is _State.REQUEST_LINE and not self._buf) or state is _State.CLOSED
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; may complete several pipelined requests. Raises :class:`HTTPError`."""
@@ -333,37 +356,29 @@ class RequestParser:
             data = bytes(data)
         pos = 0
         n = len(data)
-        view: memoryview | None = None
         try:
             while pos < n:
                 state = self._state
-                if state == _HEAD:
-                    if not self._buf and data[pos] != 13:
-                        # Fast path: nothing buffered, and the data holds a whole head.
-                        end = data.find(b"\r\n\r\n", pos)
-                        if end >= 0:
-                            end += 4
-                            self._start_request(data if pos == 0 and end == n else data[pos:end])
-                            pos = end
-                            continue
-                    pos = self._feed_head(data, pos, n)
-                elif state == _BODY:
-                    take = self._remaining
-                    if take > n - pos:
-                        take = n - pos
-                    if view is None:
-                        view = memoryview(data)
-                    self._remaining -= take
-                    self._ll_feed(view[pos : pos + take])
-                    pos += take
-                elif state == _CHUNKED:
-                    if view is None:
-                        view = memoryview(data)
-                    pos = self._feed_chunked(data, view, pos, n)
-                else:  # _CLOSED: the connection ends after the last request; ignore the rest
+                if state is _State.REQUEST_LINE:
+                    pos = self._feed_request_line(data, pos, n)
+                elif state is _State.BODY:
+                    pos = self._feed_body(data, pos, n)
+                elif state is _State.HEADERS:
+                    pos = self._feed_headers(data, pos, pos, n)
+                elif state is _State.CHUNK_SIZE:
+                    pos = self._feed_chunk_size(data, pos, n)
+                elif state is _State.CHUNK_DATA:
+                    pos = self._feed_chunk_data(data, pos, n)
+                elif state is _State.CHUNK_END:
+                    pos = self._feed_chunk_end(data, pos, n)
+                elif state is _State.TRAILERS:
+                    pos = self._feed_trailers(data, pos, n)
+                else:  # CLOSED: the connection ends after the last request; ignore the rest
                     return
         except HTTPError as exc:
-            self._die(exc)
+            self._error = exc
+            self._state = _State.DEAD
+            self._buf = bytearray()
             raise
 
     def feed_eof(self) -> None:
@@ -374,124 +389,54 @@ class RequestParser:
         if self._error is not None:
             raise self._error
         state = self._state
-        if state == _HEAD and self._buf:
-            error = HTTPError(400, "the connection closed in the middle of a request head")
-        elif state in (_BODY, _CHUNKED):
-            error = HTTPError(400, "the connection closed before the request body was complete")
-        else:
-            self._state = _CLOSED
+        if state is _State.CLOSED or (state is _State.REQUEST_LINE and not self._buf):
+            self._state = _State.CLOSED
             return
-        self._die(error)
-        raise error
+        if state is _State.REQUEST_LINE or state is _State.HEADERS:
+            self._error = HTTPError(400, "the connection closed in the middle of a request head")
+        else:
+            self._error = HTTPError(400, "the connection closed before the request body was complete")
+        self._state = _State.DEAD
+        raise self._error
 
-    # -- feeding -------------------------------------------------------------------------------
+    # -- heads ---------------------------------------------------------------------------------
 
-    def _die(self, error: HTTPError) -> None:
-        self._error = error
-        self._state = _DEAD
-        self._buf = bytearray()
-        self._cur = None
-
-    def _feed_head(self, data: bytes, pos: int, n: int) -> int:
-        """Frame a request head; return the position in ``data`` where it ended (or ``n``)."""
+    def _feed_request_line(self, data: bytes, pos: int, n: int) -> int:
+        """Take a request line (or skip empty lines); return where this step stopped."""
         buf = self._buf
-        if buf:
-            if len(buf) < 4:
-                # Too short to hold a head's start and to have been checked much: start over on
-                # the joined bytes (this also handles a CRLF split across two feeds).
-                joined = bytes(buf) + data[pos:]
-                old = len(buf)
-                self._buf = bytearray()
-                self._reset_partial()
-                return pos - old + self._feed_head(joined, 0, len(joined))
-            # Continuing a partial head: find its end, which may straddle the two pieces.
-            end = (buf[-3:] + data[pos : pos + 3]).find(b"\r\n\r\n")
-            if end >= 0:
-                end += pos + 1  # the straddling CRLFCRLF ends inside data's first 3 bytes
-            else:
-                end = data.find(b"\r\n\r\n", pos)
-                if end >= 0:
-                    end += 4
-            if end < 0:
-                buf += data[pos:]
-                self._check_partial(buf)
-                return n
-            buf += data[pos:end]
-            head = bytes(buf)
-            self._buf = bytearray()
-            self._reset_partial()
-            self._start_request(head)
-            return end
-        if data[pos] == 13:  # empty lines before the request line are ignored (RFC 9112 §2.2)
+        if not buf and data[pos] == 13:  # empty lines before a request line are ignored (RFC 9112 §2.2)
             match = _CRLFS.match(data, pos)
             if match is not None:
-                pos = match.end()
-                if pos == n:
-                    return n
-        end = data.find(b"\r\n\r\n", pos)
-        if end < 0:
+                return match.end()
+        end = data.find(b"\n", pos) + 1
+        if not end:
             buf += data[pos:]
-            self._check_partial(buf)
+            if buf[0] not in _TCHAR_BYTES and buf != b"\r":  # a lone CR may start an empty line
+                raise HTTPError(400, "malformed request line")  # e.g. a TLS handshake
+            if len(buf) - (buf[-1] == 13) > self._max_request_line:  # a final CR waits for its LF
+                raise HTTPError(414, "the request line is too long")
             return n
-        end += 4
-        self._start_request(data if pos == 0 and end == n else data[pos:end])
+        if not buf:
+            skip = self._start_request(data, pos, end)
+            return self._feed_headers(data, pos + skip, end, n)
+        line = bytes(buf) + data[pos:end]
+        self._buf = bytearray()
+        if line != b"\r\n":
+            skip = self._start_request(line, 0, len(line))
+            self._ll_feed(line[skip:])
         return end
 
-    def _reset_partial(self) -> None:
-        self._scan = 0  # bytes of _buf already checked
-        self._lines = 0  # complete lines (LFs) in _buf[:_scan]
-        self._last_nl = -1  # position of the last LF in _buf[:_scan]
-        self._rl_end = -1  # position of the CRLF ending the request line
+    def _start_request(self, line: bytes, start: int, end: int) -> int:
+        """Check the request line ``line[start:end]`` (CRLF included) and start its request.
 
-    def _check_partial(self, buf: bytearray) -> None:
-        """Check an incomplete head incrementally (each byte is examined once)."""
-        size = len(buf)
-        if size == 1 and buf[0] == 13:
-            return  # maybe the start of an empty line; decided by the next byte
-        if self._scan == 0 and buf[0] not in _TCHAR_BYTES:
-            raise HTTPError(400, "malformed request line")  # e.g. a TLS handshake
-        end = size - 1 if buf[-1] == 13 else size  # a final CR waits for its LF
-        scan = self._scan
-        if end > scan:
-            crlf = buf.count(b"\r\n", scan, end)
-            if buf.count(b"\n", scan, end) != crlf or buf.count(b"\r", scan, end) != crlf:
-                raise HTTPError(400, "bare CR or LF in the request head (only CRLF ends a line)")
-            if crlf:
-                if self._rl_end < 0:
-                    self._rl_end = buf.find(b"\r\n", scan, end)
-                self._lines += crlf
-                self._last_nl = buf.rfind(b"\n", scan, end)
-            self._scan = end
-        rl_end = self._rl_end
-        if rl_end < 0:
-            if end > self._max_request_line:
-                raise HTTPError(414, "the request line is too long")
-            return
-        if rl_end > self._max_request_line:
+        Returns how many bytes of the method llhttp must not be given (it has been given ``GET``
+        in their place), so that llhttp is given the line from ``start`` plus that number.
+        """
+        if end - start - 2 > self._max_request_line:
             raise HTTPError(414, "the request line is too long")
-        if end - self._last_nl - 1 > self._max_header_size:
-            raise HTTPError(431, "a request header field is too large")
-        if self._lines - 1 > self._max_headers:
-            raise HTTPError(431, "too many request header fields")
-        if end - rl_end - 2 > self._max_header_block:
-            raise HTTPError(431, "the request header section is too large")
-
-    def _start_request(self, head: bytes) -> None:
-        """Check a complete head (request line + header lines + CRLF) and give it to llhttp."""
-        rl_end = head.find(b"\r\n")
-        if rl_end > self._max_request_line:
-            raise HTTPError(414, "the request line is too long")
-        block = len(head) - rl_end - 4  # the header field lines, with their CRLFs
-        if block > self._max_header_block:
-            raise HTTPError(431, "the request header section is too large")
-        if head.count(b"\n") - 2 > self._max_headers:
-            raise HTTPError(431, "too many request header fields")
-        max_field = self._max_header_size
-        if block > max_field and max(map(len, head[rl_end + 2 : -4].split(b"\r\n"))) > max_field:
-            raise HTTPError(431, "a request header field is too large")
-        match = _REQUEST_LINE.match(head)
+        match = _REQUEST_LINE.match(line, start)
         if match is None:
-            raise _diagnose_request_line(head[:rl_end])
+            raise _diagnose_request_line(line[start:end])
         method, target, version = match.groups()
         if method == b"CONNECT":
             raise HTTPError(501, "the CONNECT method is not supported")
@@ -516,197 +461,106 @@ class RequestParser:
             query = absolute.group(3) or b""
 
         name = _LLHTTP_METHODS.get(method)
+        skip = 0
         if name is None:
             name = method.decode("ascii")
-            llhead = b"GET" + head[len(method) :]
-        else:
-            llhead = head
+            self._ll_feed(b"GET")
+            skip = len(method)
+        self._request = request = Request(name, target, path, query, _VERSIONS[version])
+        self._headers = request.headers
+        self._special = []
+        self._tail = b"\r\n"
+        self._line = self._fields = self._block = 0
+        self._state = _State.HEADERS
+        return skip
 
-        self._cur = Request(name, target, path, query, _VERSIONS[version])
-        self._head = head
-        self._hdr_start = rl_end + 2
-        self._state = _IN_HEAD
-        try:
-            self._ll.feed_data(llhead)
-        except HttpParserUpgrade:
-            self._after_upgrade()
-        except HttpParserError as exc:
-            raise _error_from(exc) from None
-        if self._state == _IN_HEAD:  # pragma: no cover - llhttp and this framing disagree
-            raise HTTPError(400, "malformed request head")
+    def _feed_headers(self, data: bytes, ll_start: int, pos: int, n: int) -> int:
+        """Take header-section bytes from ``pos``; llhttp is given ``data`` from ``ll_start``.
 
-    def _feed_chunked(self, data: bytes, view: memoryview, pos: int, n: int) -> int:
-        """Decode chunked-body bytes from ``pos``; return where this step stopped.
-
-        Chunk-size lines and chunk data are decoded here (llhttp refuses the whitespace RFC 9112
-        allows around chunk extensions); the last chunk and the trailer section go to llhttp,
-        which validates the trailer fields and ends the message.
+        Returns where the head ended, or ``n``.
         """
-        phase = self._chunk
-        if phase == _CK_SIZE and not self._buf:
-            # Fast path: whole chunks (size line, data, CRLF) already in ``data``; anything else
-            # (a partial or malformed line, the last chunk) is left to the steps below.
-            match_line = _CHUNK_LINE.match
-            limit = self._max_header_block
-            request = self._cur
-            assert request is not None  # the head is parsed: _CHUNKED has a current request
-            body = request.body
-            received = request.body_received
-            while (size_line := match_line(data, pos)) is not None:
-                start = size_line.end()
-                digits = size_line.group(1)
-                if start - pos > limit or len(digits) > 16:
-                    break
-                stop = start + int(digits, 16)
-                if stop == start or stop + 2 > n:
-                    break
-                if data[stop] != 13 or data[stop + 1] != 10:
-                    raise HTTPError(400, "chunk data is not followed by CRLF")
-                body += view[start:stop]
-                received += stop - start
-                pos = stop + 2
-            request.body_received = received
-            if self._max_body is not None and received > self._max_body:
-                raise HTTPError(413, "the request body is too large")
-            if pos >= n:
-                return pos
-        if phase == _CK_DATA:
-            take = min(self._remaining, n - pos)
-            self._remaining -= take
-            if not self._remaining:
-                self._chunk = _CK_CRLF
-                self._remaining = 2
-            self._on_body(view[pos : pos + take])
-            return pos + take
-        if phase == _CK_CRLF:
-            while pos < n and self._remaining:
-                if data[pos] != (13 if self._remaining == 2 else 10):
-                    raise HTTPError(400, "chunk data is not followed by CRLF")
-                self._remaining -= 1
-                pos += 1
-            if not self._remaining:
-                self._chunk = _CK_SIZE
-            return pos
-        if phase == _CK_SIZE:
-            buf = self._buf
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                buf += data[pos:]
-                if len(buf) > self._max_header_block:
-                    raise HTTPError(431, "a chunk-size line is too large")
-                return n
-            end = nl + 1
-            line = bytes(buf) + data[pos:end] if buf else data[pos:end]
-            self._buf = bytearray()
-            if len(line) > self._max_header_block:
-                raise HTTPError(431, "a chunk-size line is too large")
-            match = _CHUNK_LINE.fullmatch(line)
-            if match is None:
-                if line[-2:] != b"\r\n":
-                    raise HTTPError(400, "bare LF in chunk framing (only CRLF ends a line)")
-                raise HTTPError(400, "malformed chunk-size line")
-            digits = match.group(1).lstrip(b"0")
-            if len(digits) > 16 or (digits and int(digits, 16) > _MAX_CONTENT_LENGTH):
-                raise HTTPError(400, "chunk size out of range")
-            if digits:
-                self._chunk = _CK_DATA
-                self._remaining = int(digits, 16)
-            else:
-                # The last chunk (its extensions dropped): llhttp parses the trailer section.
-                self._chunk = _CK_TRAILER
-                self._tail = b"0\r\n"
-                self._run = 0
-                self._ll_feed(b"0\r\n")
-            return end
-        # _CK_TRAILER: give llhttp the trailer section up to the next CRLFCRLF (where it may end).
         tail = self._tail
-        end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")
-        if end >= 0:
-            end += pos + 4 - len(tail)
+        if ll_start < pos:  # the request line is in ``data``: its CRLF is the 2 bytes before pos
+            end = data.find(b"\r\n\r\n", pos - 2)
+            found = end >= 0
         else:
-            end = data.find(b"\r\n\r\n", pos)
-            end = n if end < 0 else end + 4
-        if end - pos > self._max_header_block:  # bounds the error of the run count below
-            end = pos + self._max_header_block
-        self._ll_feed(view[pos:end])
-        if self._state == _CHUNKED:
-            self._tail = (tail + data[pos:end])[-3:] if end - pos < 3 else data[end - 3 : end]
-            # Counted per piece, so a trailer section is refused at most 2 * max_header_block long.
-            self._run += end - pos
-            if self._run > self._max_header_block:
-                raise HTTPError(431, "the chunked body's trailer section is too large")
-        return end
+            end = (tail + data[pos : pos + 3]).find(b"\r\n\r\n")  # an end straddling two feeds
+            found = end >= 0
+            if found:
+                end += pos - len(tail)  # maybe before pos: where the CRLFCRLF started, in the last feed
+            else:
+                end = data.find(b"\r\n\r\n", pos)
+                found = end >= 0
+        if not found:
+            self._count_fields(data, pos, n)
+            self._tail = data[n - 3 :] if n - pos >= 3 else (tail + data[pos:])[-3:]
+            self._ll_feed(data if ll_start == 0 else data[ll_start:])
+            return n
+        self._count_fields(data, pos, end + 2)  # the empty line ending the head is not counted
+        stop = end + 4
+        self._ll_feed(data if ll_start == 0 and stop == n else data[ll_start:stop])
+        if self._state is _State.HEADERS:  # pragma: no cover - llhttp and this framing disagree
+            raise HTTPError(400, "malformed request head")
+        return stop
 
-    def _start_chunked(self) -> None:
-        self._state = _CHUNKED
-        self._chunk = _CK_SIZE
-        self._buf = bytearray()
-        self._run = 0
-        self._tail = b""
+    def _count_fields(self, data: bytes, pos: int, stop: int) -> None:
+        """Check the header-section bytes ``data[pos:stop]`` against the limits."""
+        if stop <= pos:
+            return
+        lines = data.count(b"\n", pos, stop)
+        if lines:
+            self._fields += lines
+            if self._fields > self._max_headers:
+                raise HTTPError(431, "too many request header fields")
+            last = data.rfind(b"\n", pos, stop)
+            # Lines are measured without CRLF; the first one began ``self._line`` bytes before pos.
+            if self._line + last - pos - 1 > self._max_header_size:  # then one of them may be too long
+                lengths = [len(line) - 1 for line in data[pos:last].split(b"\n")]
+                lengths[0] += self._line
+                if max(lengths) > self._max_header_size:
+                    raise HTTPError(431, "a request header field is too large")
+            line = stop - last - 1
+        else:
+            line = self._line + stop - pos
+        cr = data[stop - 1] == 13  # a final CR waits for its LF, and is not counted yet
+        if line - cr > self._max_header_size:
+            raise HTTPError(431, "a request header field is too large")
+        self._line = line
+        self._block += stop - pos
+        if self._block - cr > self._max_header_block:
+            raise HTTPError(431, "the request header section is too large")
 
-    def _ll_feed(self, data: bytes | memoryview) -> None:
-        """Give llhttp body bytes."""
+    def _ll_feed(self, data: bytes) -> None:
+        """Give llhttp bytes of a head."""
         try:
             self._ll.feed_data(data)
-        except HttpParserUpgrade:  # pragma: no cover - only a head can upgrade
-            raise HTTPError(400, "malformed request") from None
+        except HttpParserUpgrade:
+            # llhttp ends the message after the head of an Upgrade request, the rest being
+            # another protocol. This server does not upgrade: the next head goes to a fresh llhttp.
+            self._ll = httptools.HttpRequestParser(self._callbacks)
         except HttpParserError as exc:
             raise _error_from(exc) from None
-
-    def _after_upgrade(self) -> None:
-        """llhttp stopped after a head with ``Upgrade`` + ``Connection: upgrade``.
-
-        This server does not upgrade: the request is an ordinary one. llhttp has treated it as
-        bodiless; if it declared a body, a fresh llhttp parser is put into the body state by a
-        synthetic head, and the body is read as usual.
-        """
-        request = self.requests[-1] if self.requests else None
-        self._ll = httptools.HttpRequestParser(self._proto)
-        if request is None or not request.complete or request.body_received:  # pragma: no cover
-            raise HTTPError(400, "malformed request head")
-        if request.chunked:
-            synthetic = b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-            state = _CHUNKED
-            self._start_chunked()
-        elif request.content_length:
-            synthetic = b"PUT / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % request.content_length
-            state = _BODY
-            self._remaining = request.content_length
-        else:
-            return
-        request.complete = False
-        self._state = _SYNTHETIC
-        self._ll.feed_data(synthetic)
-        self._cur = request
-        self._state = state
 
     # -- llhttp callbacks ----------------------------------------------------------------------
 
-    def _on_headers_complete(self) -> None:
-        if self._state != _IN_HEAD:
-            if self._state == _SYNTHETIC:
-                return
-            raise HTTPError(400, "malformed request")  # pragma: no cover - framing desync
-        request = self._cur
-        head = self._head
-        start = self._hdr_start
-        headers = _FIELD_LINE.findall(head, start, len(head) - 2)
-        if head.find(b" \r\n", start) >= 0 or head.find(b"\t\r\n", start) >= 0:
-            headers = [(name, value.rstrip(b" \t")) for name, value in headers]
-        request.headers = headers
+    def _on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value, not after it
+        self._headers.append((name, value))
+        kind = _KIND.get(name)
+        if kind is None:
+            kind = _SPECIAL.get(name.lower())
+        if kind:
+            self._special.append((kind, value))
 
+    def _on_headers_complete(self) -> None:
+        request = self._request
         hosts = 0
         host = b""
         length: bytes | None = None
         codings: list[bytes] | None = None
         close = keep = False
         singles = 0
-        for name, value in headers:
-            kind = _KIND.get(name)
-            if kind is None:
-                kind = _SPECIAL.get(name.lower())
-            if not kind:
-                continue
+        for kind, value in self._special:
             if kind >= _SINGLE_H:
                 bit = 1 << kind
                 if singles & bit:
@@ -765,7 +619,7 @@ class RequestParser:
                     raise HTTPError(400, "chunked is applied more than once")
                 raise HTTPError(501, "transfer codings other than chunked are not supported")
             request.chunked = True
-            self._start_chunked()
+            self._state = _State.CHUNK_SIZE
         elif length is not None:
             if not length.isdigit():
                 raise HTTPError(400, "invalid Content-Length")
@@ -775,34 +629,142 @@ class RequestParser:
             if self._max_body is not None and size > self._max_body:
                 raise HTTPError(413, "the request body is too large")
             request.content_length = size
-            if size:
-                self._remaining = size
-                self._state = _BODY
-            else:
-                self._state = _HEAD
-        else:
-            self._state = _HEAD
+            self._remaining = size
+            self._state = _State.BODY
         self.requests.append(request)
+        if self._remaining or request.chunked:
+            # llhttp now waits for the body, which is decoded here: the next head goes to a fresh llhttp.
+            self._ll = httptools.HttpRequestParser(self._callbacks)
+        else:
+            self._end_message()
 
-    def _on_body(self, data: bytes | memoryview) -> None:
-        request = self._cur
-        request.body += data
-        request.body_received += len(data)
+    def _end_message(self) -> None:
+        self._request.complete = True
+        self._state = _State.REQUEST_LINE if self._request.keep_alive else _State.CLOSED
+
+    # -- bodies --------------------------------------------------------------------------------
+
+    def _feed_body(self, data: bytes, pos: int, n: int) -> int:
+        """Take Content-Length body bytes from ``pos``; return where this step stopped."""
+        stop = min(pos + self._remaining, n)
+        request = self._request
+        request.body += data if pos == 0 and stop == n else data[pos:stop]
+        request.body_received += stop - pos
+        self._remaining -= stop - pos
+        if not self._remaining:
+            self._end_message()
+        return stop
+
+    def _feed_chunk_size(self, data: bytes, pos: int, n: int) -> int:
+        """Take a chunk-size line, or, when nothing is buffered, as many whole chunks as ``data``
+        holds; return where this step stopped."""
+        buf = self._buf
+        if not buf:
+            # Whole chunks (size line, data, CRLF) in ``data``; anything else (a partial or
+            # malformed line, the last chunk) is left to the line-by-line step below.
+            match_line = _CHUNK_LINE.match
+            limit = self._max_header_block
+            request = self._request
+            body = request.body
+            received = request.body_received
+            view = memoryview(data)
+            while (size_line := match_line(data, pos)) is not None:
+                start = size_line.end()
+                digits = size_line.group(1)
+                if start - pos > limit or len(digits) > 16:
+                    break
+                stop = start + int(digits, 16)
+                if stop == start or stop + 2 > n:
+                    break
+                if data[stop] != 13 or data[stop + 1] != 10:
+                    raise HTTPError(400, "chunk data is not followed by CRLF")
+                body += view[start:stop]
+                received += stop - start
+                pos = stop + 2
+            request.body_received = received
+            if self._max_body is not None and received > self._max_body:
+                raise HTTPError(413, "the request body is too large")
+            if pos >= n:
+                return pos
+        end = data.find(b"\n", pos) + 1
+        if not end:
+            buf += data[pos:]
+            if len(buf) > self._max_header_block:
+                raise HTTPError(431, "a chunk-size line is too large")
+            return n
+        line = bytes(buf) + data[pos:end] if buf else data[pos:end]
+        self._buf = bytearray()
+        if len(line) > self._max_header_block:
+            raise HTTPError(431, "a chunk-size line is too large")
+        match = _CHUNK_LINE.fullmatch(line)
+        if match is None:
+            if line[-2:] != b"\r\n":
+                raise HTTPError(400, "bare LF in chunk framing (only CRLF ends a line)")
+            raise HTTPError(400, "malformed chunk-size line")
+        digits = match.group(1).lstrip(b"0")
+        if len(digits) > 16 or (digits and int(digits, 16) > _MAX_CONTENT_LENGTH):
+            raise HTTPError(400, "chunk size out of range")
+        if digits:
+            self._remaining = int(digits, 16)
+            self._state = _State.CHUNK_DATA
+        else:  # the last chunk
+            self._block = 0
+            self._state = _State.TRAILERS
+        return end
+
+    def _feed_chunk_data(self, data: bytes, pos: int, n: int) -> int:
+        stop = min(pos + self._remaining, n)
+        request = self._request
+        request.body += data if pos == 0 and stop == n else data[pos:stop]
+        request.body_received += stop - pos
         if self._max_body is not None and request.body_received > self._max_body:
             raise HTTPError(413, "the request body is too large")
+        self._remaining -= stop - pos
+        if not self._remaining:
+            self._remaining = 2
+            self._state = _State.CHUNK_END
+        return stop
 
-    def _on_message_complete(self) -> None:
-        request = self._cur
-        if request is None:  # pragma: no cover - llhttp and this framing disagree
-            raise HTTPError(400, "malformed request")
-        request.complete = True
-        self._cur = None
-        self._state = _HEAD if request.keep_alive else _CLOSED
+    def _feed_chunk_end(self, data: bytes, pos: int, n: int) -> int:
+        while pos < n and self._remaining:
+            if data[pos] != (13 if self._remaining == 2 else 10):
+                raise HTTPError(400, "chunk data is not followed by CRLF")
+            self._remaining -= 1
+            pos += 1
+        if not self._remaining:
+            self._state = _State.CHUNK_SIZE
+        return pos
+
+    def _feed_trailers(self, data: bytes, pos: int, n: int) -> int:
+        """Take a trailer field line, or the empty line ending the message."""
+        buf = self._buf
+        end = data.find(b"\n", pos) + 1
+        if not end:
+            buf += data[pos:]
+            # A final CR waits for its LF: it may begin the empty line, which is not counted.
+            if self._block + len(buf) - (buf[-1] == 13) > self._max_header_block:
+                raise HTTPError(431, "the chunked body's trailer section is too large")
+            return n
+        line = bytes(buf) + data[pos:end] if buf else data[pos:end]
+        self._buf = bytearray()
+        if line == b"\r\n":
+            self._end_message()
+            return end
+        self._block += len(line)
+        if self._block > self._max_header_block:
+            raise HTTPError(431, "the chunked body's trailer section is too large")
+        if _FIELD_LINE.fullmatch(line) is None:
+            raise HTTPError(400, "malformed trailer field")
+        if line[: line.index(b":")].lower() in _FRAMING_FIELDS:
+            raise HTTPError(400, "a framing field in the trailer section")
+        return end
 
 
 def _diagnose_request_line(line: bytes) -> HTTPError:
     """Say what is wrong with a request line the fast regex did not accept."""
-    parts = line.split(b" ")
+    if line[-2:] != b"\r\n":
+        return HTTPError(400, "bare LF in the request line (only CRLF ends a line)")
+    parts = line[:-2].split(b" ")
     if len(parts) != 3 or not all(parts):
         return HTTPError(400, "malformed request line")
     method, target, version = parts
