@@ -1,10 +1,117 @@
-"""Shared test set-up, kept generic: helper modules in tests/ are importable from any test."""
+"""Shared test set-up: helper modules in tests/ are importable from any test, and every test is
+checked for leaks (threads, file descriptors, child processes) by one autouse fixture."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
+
+#: How long teardown waits for what a test started to finish on its own (a request thread still
+#: unwinding after its response was read, a server closing the connection the client just left).
+#: Only there to turn a real leak into a failure; a clean test waits for nothing.
+LEAK_GRACE = 10.0
+
+_PROC_FD = "/proc/self/fd"
+_PROC_TASKS = "/proc/self/task"
+
+
+def _open_fds() -> set[int]:
+    try:
+        names = os.listdir(_PROC_FD)
+    except FileNotFoundError:  # no /proc: the fd check is skipped
+        return set()
+    # listdir's own descriptor is in the listing, and closed by the time it is read
+    return {int(name) for name in names} - _closed(names)
+
+
+def _closed(names: list[str]) -> set[int]:
+    closed = set()
+    for name in names:
+        try:
+            os.fstat(int(name))
+        except OSError:
+            closed.add(int(name))
+    return closed
+
+
+def _describe_fds(fds: set[int]) -> str:
+    described = []
+    for fd in sorted(fds):
+        try:
+            target = os.readlink(f"{_PROC_FD}/{fd}")
+        except OSError:
+            target = "?"
+        described.append(f"{fd} -> {target}")
+    return ", ".join(described)
+
+
+def _children() -> set[int]:
+    """This process's children, running or zombie (not reaped), from /proc; never reaps any."""
+    children: set[int] = set()
+    try:
+        tasks = os.listdir(_PROC_TASKS)
+    except FileNotFoundError:
+        return children
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"{_PROC_TASKS}/{tid}/children") as f:
+            children.update(int(pid) for pid in f.read().split())
+    return children
+
+
+def _wait(predicate: Callable[[], bool], deadline: float) -> bool:
+    """Poll a real condition until it holds or the deadline passes."""
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail a test that leaves behind a thread, a file descriptor or a child process it started.
+
+    Module-scoped fixtures (a server shared by a module's tests) are set up before, and torn
+    down after, this function-scoped fixture, so what they hold is not counted.
+    """
+    threads = set(threading.enumerate())
+    fds = _open_fds()
+    children = _children()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE
+
+    # Threads first: a thread that is finishing may still hold a descriptor or a child.
+    for thread in threading.enumerate():
+        if thread not in threads and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    left = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    assert not left, f"threads left running: {left}"
+
+    def new_fds() -> set[int]:
+        return _open_fds() - fds
+
+    if not _wait(lambda: not new_fds(), min(deadline, time.monotonic() + 1.0)):
+        # An object the test dropped in a reference cycle closes its descriptor when collected
+        # (and warns, which pytest turns into an error); the check is about descriptors still
+        # referenced.
+        gc.collect()
+        leaked = new_fds()
+        if leaked and not _wait(lambda: not new_fds(), deadline):
+            raise AssertionError(f"file descriptors left open: {_describe_fds(new_fds())}")
+
+    def new_children() -> set[int]:
+        return _children() - children
+
+    assert _wait(lambda: not new_children(), deadline), f"child processes left (running or unreaped): {new_children()}"

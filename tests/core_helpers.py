@@ -43,22 +43,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = HANG_GUARD, interval
         time.sleep(interval)
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves behind a thread it started (a serve_forever or request thread).
-
-    Autouse in the modules that import it (``from core_helpers import no_leaked_threads``).
-    """
-    before = set(threading.enumerate())
-    yield
-
-    def leftover() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
-
-    # A request thread may still be unwinding for a moment after its handler returned.
-    assert wait_for(lambda: not leftover(), timeout=5), f"threads left running: {leftover()}"
-
-
 @contextlib.contextmanager
 def serve(server: Any, poll_interval: float = 0.05) -> Iterator[Any]:
     """Run ``server.serve_forever`` in a thread; on exit shut it down, join the thread, close the

@@ -24,7 +24,6 @@ from core_helpers import (
     read_line,
     serve,
 )
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

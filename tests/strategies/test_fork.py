@@ -21,7 +21,6 @@ from core_helpers import (
     read_line,
     wait_for,
 )
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

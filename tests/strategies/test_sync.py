@@ -8,7 +8,6 @@ import time
 
 import pytest
 from core_helpers import HANG_GUARD, ask, connect, read_line, serve
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

@@ -11,7 +11,6 @@ import weakref
 
 import pytest
 from core_helpers import HANG_GUARD, ask, connect, read_line, serve, wait_for
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 
