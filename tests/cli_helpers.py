@@ -175,6 +175,45 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
+def _established_on(port: int) -> set[str]:
+    """Inodes of the established TCP sockets whose local port is ``port`` (the server's side of
+    its accepted connections), from /proc/net/tcp{,6}."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def holding_a_connection(pid: int, port: int) -> list[int]:
+    """``pid`` and those of its children that hold an accepted connection on ``port``: the
+    process (or the forked child) that has taken a client off the listen backlog."""
+    inodes = _established_on(port)
+    holders = []
+    for candidate in (pid, *children_of(pid)):
+        try:
+            fds = os.listdir(f"/proc/{candidate}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{candidate}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                holders.append(candidate)
+                break
+    return holders
+
+
 def is_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:

@@ -3,7 +3,6 @@ checked for leaks (threads, file descriptors, child processes) by one autouse fi
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
@@ -18,13 +17,14 @@ _TESTS = str(Path(__file__).resolve().parent)
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
 
+from core_helpers import proc_children  # noqa: E402  (tests/ is on sys.path from here on)
+
 #: How long teardown waits for what a test started to finish on its own (a request thread still
 #: unwinding after its response was read, a server closing the connection the client just left).
 #: Only there to turn a real leak into a failure; a clean test waits for nothing.
 LEAK_GRACE = 10.0
 
 _PROC_FD = "/proc/self/fd"
-_PROC_TASKS = "/proc/self/task"
 
 
 def _open_fds() -> set[int]:
@@ -57,19 +57,6 @@ def _describe_fds(fds: set[int]) -> str:
     return ", ".join(described)
 
 
-def _children() -> set[int]:
-    """This process's children, running or zombie (not reaped), from /proc; never reaps any."""
-    children: set[int] = set()
-    try:
-        tasks = os.listdir(_PROC_TASKS)
-    except FileNotFoundError:
-        return children
-    for tid in tasks:
-        with contextlib.suppress(OSError), open(f"{_PROC_TASKS}/{tid}/children") as f:
-            children.update(int(pid) for pid in f.read().split())
-    return children
-
-
 def _wait(predicate: Callable[[], bool], deadline: float) -> bool:
     """Poll a real condition until it holds or the deadline passes."""
     while not predicate():
@@ -88,7 +75,7 @@ def no_leaks() -> Iterator[None]:
     """
     threads = set(threading.enumerate())
     fds = _open_fds()
-    children = _children()
+    children = set(proc_children(os.getpid()))
     yield
     deadline = time.monotonic() + LEAK_GRACE
 
@@ -112,6 +99,6 @@ def no_leaks() -> Iterator[None]:
             raise AssertionError(f"file descriptors left open: {_describe_fds(new_fds())}")
 
     def new_children() -> set[int]:
-        return _children() - children
+        return set(proc_children(os.getpid())) - children
 
     assert _wait(lambda: not new_children(), deadline), f"child processes left (running or unreaped): {new_children()}"

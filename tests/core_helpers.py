@@ -136,9 +136,8 @@ def proc_children(pid: int) -> list[int]:
     except FileNotFoundError:
         return children
     for tid in tasks:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children.extend(int(c) for c in f.read().split())
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            children.extend(int(c) for c in f.read().split())
     return children
 
 
@@ -154,6 +153,20 @@ def proc_state(pid: int) -> str | None:
 
 def proc_zombies(pid: int) -> list[int]:
     return [child for child in proc_children(pid) if proc_state(child) == "Z"]
+
+
+def blocked_in_wait(pid: int, tid: int | None = None) -> bool:
+    """Whether thread ``tid`` (default: the main thread) of process ``pid`` is blocked in a
+    select/poll/epoll wait, as a server loop with nothing to do is, from its kernel wait channel.
+    True where the kernel does not tell (the caller cannot wait for it there)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/wchan") as f:
+            channel = f.read()
+    except OSError:
+        return True
+    if channel in ("", "0"):
+        return True
+    return "poll" in channel or "select" in channel
 
 
 class ForkServerProcess:

@@ -28,9 +28,9 @@ from cli_helpers import (
     GEARSHIFT,
     BackgroundRequest,
     GearshiftProcess,
-    children_of,
     clean_env,
     connection_refused,
+    holding_a_connection,
     is_alive,
     port_is_free,
     request,
@@ -662,16 +662,19 @@ def test_signal_stops_gracefully(strategy: str, signum: signal.Signals) -> None:
 
 
 def _wait_until_in_flight(server: GearshiftProcess, strategy: str) -> list[int]:
-    """Give the slow request time to reach the app; for fork, return the child serving it."""
-    deadline = time.monotonic() + 5
-    while strategy == "fork" and time.monotonic() < deadline:
-        children = children_of(server.pid)
-        if children:
-            time.sleep(0.2)
-            return children
+    """Wait until the server has accepted the slow request's connection (the server itself, or
+    for fork the child serving it, holds it); for fork, return the children."""
+    port = server.address()[1]
+
+    def holders() -> list[int]:
+        pids = holding_a_connection(server.pid, port)
+        return [pid for pid in pids if pid != server.pid] if strategy == "fork" else pids
+
+    deadline = time.monotonic() + 10
+    while not (found := holders()):
+        assert time.monotonic() < deadline, f"the request was not accepted within 10 s:\n{server.stderr}"
         time.sleep(0.01)
-    time.sleep(0.3)
-    return []
+    return found if strategy == "fork" else []
 
 
 def test_second_sigint_exits_at_once_and_kills_children() -> None:

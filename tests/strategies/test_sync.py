@@ -28,7 +28,7 @@ def test_requests_run_one_at_a_time_on_the_loop_thread():
                 state["max"] = max(state["max"], state["active"])
             threads.add(threading.get_ident())
             line = self.rfile.readline()
-            time.sleep(0.01)
+            time.sleep(0.01)  # a handler that takes a while, so overlapping requests would show
             with lock:
                 state["active"] -= 1
             self.wfile.write(line)
