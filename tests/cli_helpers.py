@@ -81,7 +81,9 @@ class GearshiftProcess:
         with self._changed:
             return "".join(self._lines)
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT, count: int = 1) -> list[re.Match[str]]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT, count: int = 1
+    ) -> list[re.Match[str]]:
         """Wait until ``count`` stderr lines match ``pattern``; fail if the process exits first."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
@@ -92,11 +94,14 @@ class GearshiftProcess:
                     return matches[:count]
                 if self.proc.poll() is not None and not self._readers[0].is_alive():
                     raise AssertionError(
-                        f"gearshift exited with {self.proc.returncode} before printing {regex.pattern!r}:\n{self.stderr_unlocked()}"
+                        f"gearshift exited with {self.proc.returncode} before printing {regex.pattern!r}:\n"
+                        f"{self.stderr_unlocked()}"
                     )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"no {regex.pattern!r} on stderr within {timeout} s:\n{self.stderr_unlocked()}")
+                    raise AssertionError(
+                        f"no {regex.pattern!r} on stderr within {timeout} s:\n{self.stderr_unlocked()}"
+                    )
                 self._changed.wait(min(remaining, 0.1))
 
     def stderr_unlocked(self) -> str:

@@ -66,39 +66,60 @@ def _wait(predicate: Callable[[], bool], deadline: float) -> bool:
     return True
 
 
+class _Snapshot:
+    """The threads, descriptors and children of this process at one moment."""
+
+    def __init__(self) -> None:
+        self.threads = set(threading.enumerate())
+        self.fds = _open_fds()
+        self.children = set(proc_children(os.getpid()))
+
+    def assert_nothing_new(self, what: str) -> None:
+        """Fail if something created since the snapshot is still there once it has had
+        LEAK_GRACE seconds to finish: threads first, since a thread that is finishing may still
+        hold a descriptor or a child."""
+        deadline = time.monotonic() + LEAK_GRACE
+        for thread in threading.enumerate():
+            if thread not in self.threads and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        left = [t for t in threading.enumerate() if t not in self.threads and t.is_alive()]
+        assert not left, f"{what} left threads running: {left}"
+
+        def new_fds() -> set[int]:
+            return _open_fds() - self.fds
+
+        if not _wait(lambda: not new_fds(), min(deadline, time.monotonic() + 1.0)):
+            # An object dropped in a reference cycle closes its descriptor when collected (and
+            # warns, which pytest turns into an error): the check is for descriptors still held.
+            gc.collect()
+            if new_fds() and not _wait(lambda: not new_fds(), deadline):
+                raise AssertionError(f"{what} left file descriptors open: {_describe_fds(new_fds())}")
+
+        def new_children() -> set[int]:
+            return set(proc_children(os.getpid())) - self.children
+
+        assert _wait(lambda: not new_children(), deadline), (
+            f"{what} left child processes (running or not reaped): {sorted(new_children())}"
+        )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_leaks_from_the_module() -> Iterator[None]:
+    """The same check around a whole module, for what its module-scoped fixtures (a server
+    shared by the module's tests) leave behind. Autouse fixtures are set up first in their
+    scope, so this snapshot precedes those fixtures."""
+    snapshot = _Snapshot()
+    yield
+    snapshot.assert_nothing_new("this module's fixtures")
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail a test that leaves behind a thread, a file descriptor or a child process it started.
 
-    Module-scoped fixtures (a server shared by a module's tests) are set up before, and torn
-    down after, this function-scoped fixture, so what they hold is not counted.
+    Module-scoped fixtures are set up before, and torn down after, this function-scoped
+    fixture, so what they hold while the module runs is not counted here.
     """
-    threads = set(threading.enumerate())
-    fds = _open_fds()
-    children = set(proc_children(os.getpid()))
+    snapshot = _Snapshot()
     yield
-    deadline = time.monotonic() + LEAK_GRACE
-
-    # Threads first: a thread that is finishing may still hold a descriptor or a child.
-    for thread in threading.enumerate():
-        if thread not in threads and thread is not threading.current_thread():
-            thread.join(max(0.0, deadline - time.monotonic()))
-    left = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
-    assert not left, f"threads left running: {left}"
-
-    def new_fds() -> set[int]:
-        return _open_fds() - fds
-
-    if not _wait(lambda: not new_fds(), min(deadline, time.monotonic() + 1.0)):
-        # An object the test dropped in a reference cycle closes its descriptor when collected
-        # (and warns, which pytest turns into an error); the check is about descriptors still
-        # referenced.
-        gc.collect()
-        leaked = new_fds()
-        if leaked and not _wait(lambda: not new_fds(), deadline):
-            raise AssertionError(f"file descriptors left open: {_describe_fds(new_fds())}")
-
-    def new_children() -> set[int]:
-        return set(proc_children(os.getpid())) - children
-
-    assert _wait(lambda: not new_children(), deadline), f"child processes left (running or unreaped): {new_children()}"
+    snapshot.assert_nothing_new("the test")

@@ -8,10 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from core_helpers import proc_children, wait_for
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ["sync", "thread", "fork"]
@@ -129,7 +130,7 @@ class ServerProcess:
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # stderr goes to a file: a pipe nobody reads would fill up and block a chatty server.
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "app_server.py"), strategy, json.dumps(options or {}), app],
             stdout=subprocess.PIPE, stderr=self._log, env=env,
@@ -150,13 +151,7 @@ class ServerProcess:
         return self._log.read().decode("utf-8", "replace")
 
     def children(self) -> list[int]:
-        pids = []
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                pids += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return pids
+        return proc_children(self.proc.pid)
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM, wait, and return what the server logged."""
@@ -183,13 +178,9 @@ def server_process(strategy: str, options: dict | None = None, app: str = "apps:
         server.stop()
 
 
-def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    """Poll a condition (``core_helpers.wait_for``); True once it holds, False after ``timeout``."""
+    return bool(wait_for(predicate, timeout))
 
 
 @contextmanager
