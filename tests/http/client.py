@@ -8,11 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-
-from core_helpers import proc_children, wait_for
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ["sync", "thread", "fork"]
@@ -151,7 +150,11 @@ class ServerProcess:
         return self._log.read().decode("utf-8", "replace")
 
     def children(self) -> list[int]:
-        return proc_children(self.proc.pid)
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM, wait, and return what the server logged."""
@@ -178,9 +181,15 @@ def server_process(strategy: str, options: dict | None = None, app: str = "apps:
         server.stop()
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    """Poll a condition (``core_helpers.wait_for``); True once it holds, False after ``timeout``."""
-    return bool(wait_for(predicate, timeout))
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll a condition until it holds (True) or ``timeout`` passes (False). (Not core_helpers'
+    wait_for: this module is also imported by app_server.py, which has only tests/http/.)"""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 @contextmanager
