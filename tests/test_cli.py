@@ -646,14 +646,15 @@ def test_ipv6() -> None:
 def test_signal_stops_gracefully(strategy: str, signum: signal.Signals) -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
         address = server.address()
-        slow = BackgroundRequest(address, "/slow?seconds=1")
+        # 2 s: long enough for the in-flight check to see it accepted on a loaded machine
+        slow = BackgroundRequest(address, "/slow?seconds=2")
         children = _wait_until_in_flight(server, strategy)
         server.send(signum)
         if strategy != "sync":  # sync's loop is busy with the request: it closes right after it
             assert connection_refused(address, within=0.8), "still accepting after the signal"
         slow.join(10)
         assert slow.error is None and slow.result is not None, slow.error
-        assert slow.result[0] == 200 and slow.result[2].startswith(b"slept 1.0")
+        assert slow.result[0] == 200 and slow.result[2].startswith(b"slept 2.0")
         assert server.wait() == 0
         assert f"{signum.name}: stopped accepting" in server.stderr
         assert "Traceback" not in server.stderr
