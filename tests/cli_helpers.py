@@ -81,8 +81,9 @@ class GearshiftProcess:
         with self._changed:
             return "".join(self._lines)
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT,
-                 count: int = 1) -> list[re.Match[str]]:
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float = START_TIMEOUT, count: int = 1
+    ) -> list[re.Match[str]]:
         """Wait until ``count`` stderr lines match ``pattern``; fail if the process exits first."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
@@ -177,6 +178,59 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(entry))
     return children
+
+
+def _established_on(port: int) -> set[bytes]:
+    """Inodes of the established TCP sockets whose local port is ``port`` (the server's side of
+    its accepted connections), from /proc/net/tcp{,6}. A regular expression rather than a split
+    of every row: on a busy test machine the tables hold thousands of TIME_WAIT rows."""
+    row = re.compile(rb"^ *\d+: [0-9A-F]+:%04X [0-9A-F]+:[0-9A-F]+ 01 (?:\S+ +){5}(\d+)" % port, re.M)
+    inodes: set[bytes] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, "rb") as f:
+                inodes.update(row.findall(f.read()))
+        except OSError:
+            continue
+    return inodes
+
+
+def _direct_children(pid: int) -> list[int]:
+    """Children of ``pid`` from /proc/PID/task/*/children: much cheaper than children_of()'s
+    scan of every process, for a check repeated in a loop."""
+    children = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return children
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return children
+
+
+def holding_a_connection(pid: int, port: int) -> list[int]:
+    """``pid`` and those of its children that hold an accepted connection on ``port``: the
+    process (or the forked child) that has taken a client off the listen backlog."""
+    inodes = _established_on(port)
+    holders = []
+    for candidate in (pid, *_direct_children(pid)):
+        try:
+            fds = os.listdir(f"/proc/{candidate}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{candidate}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1].encode() in inodes:
+                holders.append(candidate)
+                break
+    return holders
 
 
 def is_alive(pid: int) -> bool:

@@ -43,22 +43,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = HANG_GUARD, interval
         time.sleep(interval)
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Fail a test that leaves behind a thread it started (a serve_forever or request thread).
-
-    Autouse in the modules that import it (``from core_helpers import no_leaked_threads``).
-    """
-    before = set(threading.enumerate())
-    yield
-
-    def leftover() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
-
-    # A request thread may still be unwinding for a moment after its handler returned.
-    assert wait_for(lambda: not leftover(), timeout=5), f"threads left running: {leftover()}"
-
-
 @contextlib.contextmanager
 def serve(server: Any, poll_interval: float = 0.05) -> Iterator[Any]:
     """Run ``server.serve_forever`` in a thread; on exit shut it down, join the thread, close the
@@ -152,9 +136,8 @@ def proc_children(pid: int) -> list[int]:
     except FileNotFoundError:
         return children
     for tid in tasks:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children.extend(int(c) for c in f.read().split())
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            children.extend(int(c) for c in f.read().split())
     return children
 
 
@@ -170,6 +153,20 @@ def proc_state(pid: int) -> str | None:
 
 def proc_zombies(pid: int) -> list[int]:
     return [child for child in proc_children(pid) if proc_state(child) == "Z"]
+
+
+def blocked_in_wait(pid: int, tid: int | None = None) -> bool:
+    """Whether thread ``tid`` (default: the main thread) of process ``pid`` is blocked in a
+    select/poll/epoll wait, as a server loop with nothing to do is, from its kernel wait channel.
+    True where the kernel does not tell (the caller cannot wait for it there)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/wchan") as f:
+            channel = f.read()
+    except OSError:
+        return True
+    if channel in ("", "0"):
+        return True
+    return "poll" in channel or "select" in channel
 
 
 class ForkServerProcess:

@@ -27,9 +27,9 @@ from cli_helpers import (
     GEARSHIFT,
     BackgroundRequest,
     GearshiftProcess,
-    children_of,
     clean_env,
     connection_refused,
+    holding_a_connection,
     is_alive,
     port_is_free,
     request,
@@ -664,14 +664,15 @@ def test_ipv6() -> None:
 def test_signal_stops_gracefully(strategy: str, signum: signal.Signals) -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
         address = server.address()
-        slow = BackgroundRequest(address, "/slow?seconds=1")
+        # 2 s: long enough for the in-flight check to see it accepted on a loaded machine
+        slow = BackgroundRequest(address, "/slow?seconds=2")
         children = _wait_until_in_flight(server, strategy)
         server.send(signum)
         if strategy != "sync":  # sync's loop is busy with the request: it closes right after it
             assert connection_refused(address, within=0.8), "still accepting after the signal"
         slow.join(10)
         assert slow.error is None and slow.result is not None, slow.error
-        assert slow.result[0] == 200 and slow.result[2].startswith(b"slept 1.0")
+        assert slow.result[0] == 200 and slow.result[2].startswith(b"slept 2.0")
         assert server.wait() == 0
         assert f"{signum.name}: stopped accepting" in server.stderr
         assert "Traceback" not in server.stderr
@@ -680,16 +681,19 @@ def test_signal_stops_gracefully(strategy: str, signum: signal.Signals) -> None:
 
 
 def _wait_until_in_flight(server: GearshiftProcess, strategy: str) -> list[int]:
-    """Give the slow request time to reach the app; for fork, return the child serving it."""
-    deadline = time.monotonic() + 5
-    while strategy == "fork" and time.monotonic() < deadline:
-        children = children_of(server.pid)
-        if children:
-            time.sleep(0.2)
-            return children
+    """Wait until the server has accepted the slow request's connection (the server itself, or
+    for fork the child serving it, holds it); for fork, return the children."""
+    port = server.address()[1]
+
+    def holders() -> list[int]:
+        pids = holding_a_connection(server.pid, port)
+        return [pid for pid in pids if pid != server.pid] if strategy == "fork" else pids
+
+    deadline = time.monotonic() + 10
+    while not (found := holders()):
+        assert time.monotonic() < deadline, f"the request was not accepted within 10 s:\n{server.stderr}"
         time.sleep(0.01)
-    time.sleep(0.3)
-    return []
+    return found if strategy == "fork" else []
 
 
 def test_second_sigint_exits_at_once_and_kills_children() -> None:

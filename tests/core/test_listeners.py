@@ -8,7 +8,6 @@ import socket
 
 import pytest
 from core_helpers import LineHandler, ask, serve
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 

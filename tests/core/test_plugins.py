@@ -11,7 +11,6 @@ import textwrap
 
 import pytest
 from core_helpers import ask, serve
-from core_helpers import no_leaked_threads  # noqa: F401  (autouse fixture)
 
 import gearshift
 from gearshift.core import plugins, strategy_origins

@@ -19,9 +19,9 @@ from core_helpers import (
     ForkServerProcess,
     LineHandler,
     ask,
+    blocked_in_wait,
     closed_by_peer,
     connect,
-    no_leaked_threads,  # noqa: F401  (autouse fixture)
     read_line,
     serve,
     wait_for,
@@ -317,7 +317,7 @@ def test_no_connection_is_accepted_after_shutdown_returns(strategy):
         # server_close), but the handler must never run.
         with connect(server.server_address, timeout=5) as late:
             late.sendall(b"echo late\n")
-            time.sleep(0.3)
+            time.sleep(0.3)  # not a synchronisation: the time a loop still running would take to serve it
             assert len(handled) == 1
             server.server_close()
             assert closed_by_peer(late)
@@ -361,7 +361,7 @@ class SlowHandler(socketserver.StreamRequestHandler):
     def handle(self):
         line = self.rfile.readline()
         self.started.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # slow on purpose: still in flight when shutdown() and server_close() run
         self.wfile.write(b"finished " + line)
 
 
@@ -501,7 +501,8 @@ def test_shutdown_and_server_close_from_a_signal_handler_stop_serve_forever_clea
 
     def poke() -> None:
         ask(server.server_address, "echo up")  # the loop is running
-        time.sleep(0.3)  # let it go back to waiting in select(), where a signal usually lands
+        # back to waiting in select(), where a signal usually lands
+        wait_for(lambda: blocked_in_wait(os.getpid(), threading.main_thread().native_id))
         os.kill(os.getpid(), signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, on_signal)
@@ -741,9 +742,14 @@ class _StopsBeforeItsLoop(gearshift.Strategy):
 
     name = "stops-before-its-loop"
 
+    steps: list[str]
+
     def serve(self, run_loop):
+        self.steps = []
         self.server.shutdown()  # as a signal handler on this thread would: must not wait for itself
+        self.steps.append("shutdown returned")
         run_loop()
+        self.steps.append("loop returned")
 
     def process_request(self, request, client_address):
         self.handle_connection(request, client_address)
@@ -753,6 +759,7 @@ class _StopsBeforeItsLoop(gearshift.Strategy):
 def test_shutdown_on_the_serving_thread_outside_the_loop_does_not_hang():
     with gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=_StopsBeforeItsLoop) as server:
         server.serve_forever(poll_interval=30)  # returns at once: the stop was recorded
+        assert server.strategy.steps == ["shutdown returned", "loop returned"]
 
 
 class _Logged(gearshift.Strategy):

@@ -16,7 +16,6 @@ from core_helpers import (
     LineHandler,
     ask,
     connect,
-    no_leaked_threads,  # noqa: F401  (autouse fixture)
     serve,
 )
 

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +129,7 @@ class ServerProcess:
 
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         # stderr goes to a file: a pipe nobody reads would fill up and block a chatty server.
-        self._log = tempfile.TemporaryFile()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115  (closed by stop())
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "app_server.py"), strategy, json.dumps(options or {}), app],
             stdout=subprocess.PIPE, stderr=self._log, env=env,
@@ -152,10 +152,8 @@ class ServerProcess:
     def children(self) -> list[int]:
         pids = []
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
+            with suppress(OSError):
                 pids += [int(p) for p in (task / "children").read_text().split()]
-            except OSError:
-                pass
         return pids
 
     def stop(self, timeout: float = 15.0) -> str:
@@ -184,12 +182,14 @@ def server_process(strategy: str, options: dict | None = None, app: str = "apps:
 
 
 def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll a condition until it holds (True) or ``timeout`` passes (False). (Not core_helpers'
+    wait_for: this module is also imported by app_server.py, which has only tests/http/.)"""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(interval)
-    return predicate()
+    return True
 
 
 @contextmanager

@@ -11,13 +11,12 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 
 import pytest
 
 import gearshift
 from apps import app
-from client import Client, serving
+from client import Client, serving, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -148,7 +147,7 @@ def test_idle_keep_alive_connections_hold_no_thread():
         try:
             for c in clients:
                 assert c.request("GET", "/").body.startswith(b"gearshift-request-")
-            assert _eventually(lambda: server.strategy.active_threads == 0)
+            assert wait_until(lambda: server.strategy.active_threads == 0)
             for c in clients:  # still open, still served
                 assert c.request("GET", "/").status == 200
         finally:
@@ -169,8 +168,13 @@ def test_sync_interleaves_keep_alive_clients():
 
 
 def test_server_close_closes_idle_connections_and_drains_requests():
+    in_app = threading.Event()
+
     def slow(environ, start_response):
-        time.sleep(0.5)
+        if environ["PATH_INFO"] == "/busy":
+            in_app.set()
+            # still running when server_close() begins: its response is the drained one
+            assert wait_until(lambda: server.closing, timeout=10)
         return hello(environ, start_response)
 
     server = gearshift.make_server("127.0.0.1", 0, slow, strategy="thread")
@@ -179,8 +183,8 @@ def test_server_close_closes_idle_connections_and_drains_requests():
     try:
         idle, busy = Client(server.server_address[1]), Client(server.server_address[1])
         assert idle.request("GET", "/").status == 200
-        busy.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.1)
+        busy.send(b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert in_app.wait(10)
         server.shutdown()
         server.server_close()  # drains: the slow request completes, with Connection: close
         r = busy.response()
@@ -191,15 +195,6 @@ def test_server_close_closes_idle_connections_and_drains_requests():
     finally:
         server.server_close()
         thread.join(5)
-
-
-def _eventually(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_the_old_drain_timeout_name_points_at_graceful_timeout():

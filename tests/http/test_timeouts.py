@@ -153,7 +153,7 @@ def test_fast_enough_clients_are_not_cut_off(strategy):
         c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n")
         for _ in range(30):  # about 20 bytes per second, over 1.5 s: past the 0.5 s grace
             c.send(b"y")
-            time.sleep(TRICKLE)
+            time.sleep(TRICKLE)  # a slow client on purpose
         r = c.response()
         assert r.status == 200 and r.body == b"y" * 30
         assert c.request("GET", "/length?n=300000").body == b"x" * 300000

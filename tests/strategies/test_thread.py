@@ -10,15 +10,7 @@ import time
 import weakref
 
 import pytest
-from core_helpers import (
-    HANG_GUARD,
-    ask,
-    connect,
-    no_leaked_threads,  # noqa: F401  (autouse fixture)
-    read_line,
-    serve,
-    wait_for,
-)
+from core_helpers import HANG_GUARD, ask, connect, read_line, serve, wait_for
 
 import gearshift
 
