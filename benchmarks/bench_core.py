@@ -120,7 +120,7 @@ class ServerProcess:
         if backlog is not None:
             cmd += ["--backlog", str(backlog)]
         self.cmd = cmd
-        self.stderr = tempfile.TemporaryFile()
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - kept open for the server's lifetime
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -282,7 +282,7 @@ def parse_wrk(output: str) -> WrkResult:
     if errs:
         result.socket_errors = {
             name: int(value)
-            for name, value in zip(("connect", "read", "write", "timeout"), errs.groups())
+            for name, value in zip(("connect", "read", "write", "timeout"), errs.groups(), strict=False)
             if int(value)
         }
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -396,7 +396,8 @@ def summarize_throughput(runs) -> dict:
             }
         gs = entry["gearshift"]["median_rps"]
         for label in ("stdlib", "stdlib-q1024"):
-            entry[label]["ratio_gearshift_over"] = gs / entry[label]["median_rps"] if entry[label]["median_rps"] else None
+            median = entry[label]["median_rps"]
+            entry[label]["ratio_gearshift_over"] = gs / median if median else None
         summary[strategy] = entry
     return summary
 
@@ -446,8 +447,9 @@ def throughput_tables(summary: dict) -> str:
 def run_shutdown(args, log) -> dict[str, list[float]]:
     import socketserver
 
-    import gearshift
     from core_server import Handler
+
+    import gearshift
 
     class StdlibServer(socketserver.TCPServer):
         allow_reuse_address = True

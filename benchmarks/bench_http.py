@@ -88,9 +88,12 @@ GEARSHIFT = ("gearshift-sync", "gearshift-thread", "gearshift-fork")
 #: "the best of these (among those without errors)".
 BARS: list[tuple[str, tuple[str, ...], str, str, float]] = [
     ("best gearshift keep-alive / waitress keep-alive", GEARSHIFT, "waitress", "keep-alive", 2.0),
-    ("gearshift thread / werkzeug threaded, keep-alive", ("gearshift-thread",), "werkzeug-threaded", "keep-alive", 2.5),
-    ("gearshift thread / werkzeug threaded, Connection: close", ("gearshift-thread",), "werkzeug-threaded", "close", 2.5),
-    ("gearshift fork / werkzeug processes, Connection: close", ("gearshift-fork",), "werkzeug-processes", "close", 3.0),
+    ("gearshift thread / werkzeug threaded, keep-alive",
+     ("gearshift-thread",), "werkzeug-threaded", "keep-alive", 2.5),
+    ("gearshift thread / werkzeug threaded, Connection: close",
+     ("gearshift-thread",), "werkzeug-threaded", "close", 2.5),
+    ("gearshift fork / werkzeug processes, Connection: close",
+     ("gearshift-fork",), "werkzeug-processes", "close", 3.0),
 ]
 
 #: ratio columns of the table: (header, denominator server, mode)
@@ -222,7 +225,8 @@ def check_setup(names: list[str], wrk: str | None) -> None:
     problems = []
     if not wrk:
         problems.append("wrk not found on PATH (apt-get install wrk)")
-    missing = sorted({http_servers.REQUIRES[n] for n in names if importlib.util.find_spec(http_servers.REQUIRES[n]) is None})
+    required = {http_servers.REQUIRES[n] for n in names}
+    missing = sorted(r for r in required if importlib.util.find_spec(r) is None)
     if missing:
         problems.append(f"not importable with {sys.executable}: {', '.join(missing)}")
     if problems:
@@ -539,7 +543,7 @@ def top_table(stats: pstats.Stats, key: str, top: int, min_calls: int = 2) -> st
     """Like pstats' listing, without the one-shot wrappers (``serve_forever``, ``main``...) that
     otherwise fill the top of the cumulative list: only functions called ``min_calls``+ times."""
     rows = []
-    for (filename, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if nc < min_calls:
             continue
         where = func if filename == "~" else f"{Path(filename).name}:{line}({func})"

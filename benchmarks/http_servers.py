@@ -34,6 +34,7 @@ fork-floor            a reference, not a WSGI server: gearshift ``Server(..., st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -41,6 +42,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from subprocess import Popen
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -197,35 +199,35 @@ def add_baseline(src: Path) -> list[str]:
     return names
 
 
-def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("gearshift-sync", port, log_path, python_args)
 
 
-def start_gearshift_thread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_gearshift_thread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("gearshift-thread", port, log_path, python_args)
 
 
-def start_gearshift_fork(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_gearshift_fork(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("gearshift-fork", port, log_path, python_args)
 
 
-def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("waitress", port, log_path, python_args)
 
 
-def start_werkzeug_threaded(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_werkzeug_threaded(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("werkzeug-threaded", port, log_path, python_args)
 
 
-def start_werkzeug_processes(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_werkzeug_processes(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("werkzeug-processes", port, log_path, python_args)
 
 
-def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("cheroot", port, log_path, python_args)
 
 
-def start_fork_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_fork_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _entry("fork-floor", port, log_path, python_args)
 
 
@@ -242,11 +244,11 @@ def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str]) -> s
     return _popen(argv, log_path)
 
 
-def start_gunicorn_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_gunicorn_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _gunicorn(port, log_path, ["--worker-class", "sync"])
 
 
-def start_gunicorn_gthread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> subprocess.Popen:
+def start_gunicorn_gthread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
     return _gunicorn(port, log_path, ["--worker-class", "gthread", "--threads", "4"])
 
 
@@ -284,23 +286,17 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
     SIGKILL whatever is left of the group (workers, forked children). Returns the leader's exit
     code (None if it had to be killed)."""
     code = proc.poll()
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
     if code is None:
         try:
             code = proc.wait(grace)
         except subprocess.TimeoutExpired:
             code = None
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
-    except subprocess.TimeoutExpired:
-        pass
     return code
 
 

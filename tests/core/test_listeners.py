@@ -115,9 +115,8 @@ def test_add_listener_while_serving(tmp_path):
 
 def test_add_listener_refuses_datagram_sockets():
     with gearshift.Server(("127.0.0.1", 0), LineHandler) as server, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        with pytest.raises(ValueError):
-            server.add_listener(udp)
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, pytest.raises(ValueError):
+        server.add_listener(udp)
 
 
 def test_adopted_listener():

@@ -265,7 +265,10 @@ def test_thread_semantics_are_threading_mixins(exception):
 
 
 def test_all_stdlib_stream_names_are_offered():
-    datagram = {name for name in stdlib_socketserver.__all__ if "UDP" in name or ("Datagram" in name and "Handler" not in name)}
+    datagram = {
+        name for name in stdlib_socketserver.__all__
+        if "UDP" in name or ("Datagram" in name and "Handler" not in name)
+    }
     assert set(gearshift.socketserver.__all__) == set(stdlib_socketserver.__all__) - datagram | {
         "ForkingUnixStreamServer"  # Python 3.12+ has it; gearshift has it on every version
     }

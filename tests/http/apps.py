@@ -84,7 +84,7 @@ def raw_app(environ, start_response):
         return [b"should not be sent"]
     if path == "/file":
         size = int(query.get("n", ["100000"])[0])
-        handle = tempfile.TemporaryFile()
+        handle = tempfile.TemporaryFile()  # noqa: SIM115 - the response (FileWrapper) closes it
         handle.write(bytes(range(256)) * (size // 256) + b"z" * (size % 256))
         handle.seek(0)
         start_response("200 OK", [("Content-Type", "application/octet-stream")])

@@ -11,7 +11,6 @@ import json
 from urllib.parse import unquote_to_bytes
 
 import pytest
-
 from client import STRATEGIES, Client, raw_exchange, server_process, status_of
 from corpus import MALFORMED, VALID, VALID_PIPELINES
 

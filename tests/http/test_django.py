@@ -13,7 +13,6 @@ import subprocess
 import uuid
 
 import pytest
-
 from client import STRATEGIES, ServerProcess
 from django_project.content import stream_chunks
 
@@ -41,7 +40,9 @@ def json_document(size: int) -> tuple[bytes, str]:
     return json.dumps({"data": data}).encode(), data
 
 
-def post(port: int, path: str, body: bytes, content_type: str) -> tuple[http.client.HTTPResponse, bytes, http.client.HTTPConnection]:
+def post(
+    port: int, path: str, body: bytes, content_type: str
+) -> tuple[http.client.HTTPResponse, bytes, http.client.HTTPConnection]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("POST", path, body=body, headers={"Content-Type": content_type})
     response = conn.getresponse()
@@ -107,8 +108,8 @@ def test_curl_100_continue_uploads(server, tmp_path):
     upload.write_bytes(content)
 
     def curl(*args: str) -> dict:
-        done = subprocess.run(["/usr/bin/curl", "-sS", "--fail", "--max-time", "60", "-H", "Expect: 100-continue", *args],
-                              capture_output=True, text=True, timeout=90, check=False)
+        command = ["/usr/bin/curl", "-sS", "--fail", "--max-time", "60", "-H", "Expect: 100-continue", *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
         assert (done.returncode, done.stderr) == (0, ""), done
         return json.loads(done.stdout)
 

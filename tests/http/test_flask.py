@@ -7,7 +7,6 @@ import os
 import uuid
 
 import pytest
-
 from client import STRATEGIES, Client, server_process
 
 pytest.importorskip("flask")

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from itertools import pairwise
 
 import pytest
+from client import STRATEGIES, Client, server_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from input_ops import apply_ops
 
-from client import STRATEGIES, Client, server_process
 from gearshift.http.parser import RequestParser
 from gearshift.http.wsgi import InputStream
-from input_ops import apply_ops
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -138,7 +138,7 @@ class ShapedSender:
 
     def _run(self, sock: socket.socket, pieces: list[bytes], pauses: list[float]) -> None:
         try:
-            for piece, pause in zip(pieces, pauses):
+            for piece, pause in zip(pieces, pauses, strict=False):
                 sock.sendall(piece)
                 if pause:
                     time.sleep(pause)

@@ -13,10 +13,10 @@ import subprocess
 import threading
 
 import pytest
-
-import gearshift
 from apps import app
 from client import Client, serving, wait_until
+
+import gearshift
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -130,12 +130,12 @@ def test_https(tmp_path):
         idle = socket.create_connection(("127.0.0.1", port))  # a client that never handshakes
         try:
             for _ in range(2):  # the sync loop is not stuck on the idle client's handshake
-                with socket.create_connection(("127.0.0.1", port)) as raw:
-                    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
-                        tls.sendall(b"GET /environ HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
-                        data = b""
-                        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
-                            data += tls.recv(65536)
+                with socket.create_connection(("127.0.0.1", port)) as raw, \
+                        client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"GET /environ HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+                    data = b""
+                    while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+                        data += tls.recv(65536)
                 assert b'"wsgi.url_scheme": "https"' in data
         finally:
             idle.close()

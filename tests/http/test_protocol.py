@@ -12,7 +12,6 @@ import socket
 import time
 
 import pytest
-
 from client import STRATEGIES, Client, raw_exchange, server_process, status_of
 
 pytestmark = pytest.mark.timeout(30)
@@ -63,7 +62,8 @@ def test_keep_alive_and_pipelining(server):
             assert c.request("GET", f"/length?n={i}").body == b"x" * i
         c.send(b"".join(b"GET /length?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % n for n in (1, 2, 3)))
         assert [c.response().body for _ in range(3)] == [b"x", b"xx", b"xxx"]
-        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /length?n=4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+               b"GET /length?n=4 HTTP/1.1\r\nHost: t\r\n\r\n")
         assert c.response().body == b"abc"
         assert c.response().body == b"xxxx"
 
@@ -180,15 +180,15 @@ def test_keep_alive_timeout_closes_idle_connections(strategy):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_head_timeout_closes_slow_clients(strategy):
-    with server_process(strategy, {"head_timeout": 0.5}) as proc:
-        with Client(proc.port) as slow, Client(proc.port) as silent:
-            slow.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Dribble: ")
-            raw = slow.sock.recv(4096)  # the 408 arrives after the timeout
-            assert status_of(raw) == 408
-            assert silent.at_eof(timeout=5)  # never sent a byte: closed without a response
-            # Meanwhile, and after, others are served.
-            with Client(proc.port) as c:
-                assert c.request("GET", "/length?n=1").body == b"x"
+    with server_process(strategy, {"head_timeout": 0.5}) as proc, \
+            Client(proc.port) as slow, Client(proc.port) as silent:
+        slow.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Dribble: ")
+        raw = slow.sock.recv(4096)  # the 408 arrives after the timeout
+        assert status_of(raw) == 408
+        assert silent.at_eof(timeout=5)  # never sent a byte: closed without a response
+        # Meanwhile, and after, others are served.
+        with Client(proc.port) as c:
+            assert c.request("GET", "/length?n=1").body == b"x"
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -8,10 +8,9 @@ import socket
 import time
 
 import pytest
+from client import STRATEGIES, Client, raw_exchange, server_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from client import STRATEGIES, Client, raw_exchange, server_process
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,6 +18,7 @@ Nothing here knows which strategy runs it: the only strategy facts it uses are t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -138,16 +139,11 @@ class Connection:
         config = self.config
         self._body_pace = _Pace(config.body_timeout, config.min_body_rate)
         self._send_pace = _Pace(config.send_timeout, config.min_send_rate)
-        # TCP (IPv4 or IPv6) has a tuple for an address, a Unix socket a str. Not sock.family:
-        # that property converts to an enum on every call, a dozen Python calls that a forked
-        # child runs cold (the accept loop no longer makes them, so nothing warms them).
-        if type(client_address) is tuple:
-            try:
-                # Responses are written in as few sends as possible; without this, the second
-                # small write of a streamed response waits for the client's delayed ACK.
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Responses are written in as few sends as possible; without this, the second small
+            # write of a streamed response waits for the client's delayed ACK.
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
 
     # -- the turn ------------------------------------------------------------------------------
 
@@ -477,9 +473,9 @@ class Exchange:
         try:
             result = server.app(environ, self.start_response)
             if not (isinstance(result, FileWrapper) and self._send_file(result)):
-                try:
-                    self.single = len(result) == 1  # type: ignore[arg-type]
-                except TypeError:
+                try:  # noqa: SIM105 - not contextlib.suppress, on the path of every request
+                    self.single = len(result) == 1
+                except TypeError:  # an iterable without a length
                     pass
                 for data in result:
                     if data:
@@ -525,7 +521,6 @@ class Exchange:
         if not reusable:
             if self.head_sent and not request.complete:
                 connection.linger()  # a 500 while the client still uploads: let it read the 500
-            return False
             return False
         return self._discard_body()
 
@@ -580,7 +575,8 @@ class Exchange:
         parts += [f"{name}: {value}\r\n".encode("latin-1") for name, value in self.headers]
         parts.append(framing)
         if not self.keep_alive:
-            parts.append(b"Connection: close\r\n")
+            if not self.close_requested:  # else the app's own Connection: close is in the headers
+                parts.append(b"Connection: close\r\n")
         elif request.version == "1.0":
             parts.append(b"Connection: keep-alive\r\n")
         if self.has_date or self.has_server:
@@ -661,10 +657,8 @@ class Exchange:
         self.code = 500
         head = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
                 b"Content-Length: %d\r\nConnection: close\r\n" % len(body))
-        try:
+        with contextlib.suppress(OSError):
             self.connection.send(head + self.connection.server.date_and_server() + b"\r\n" + body)
-        except OSError:
-            pass
         self.head_sent = True
         self.sent = len(body)
 

@@ -49,7 +49,9 @@ def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, in
     if type(status) is not str or not _STATUS.match(status):
         raise ResponseHeadersError(f"invalid status line {status!r}: need 'NNN Reason' in ASCII without CR/LF")
     if type(headers) is not list:
-        raise ResponseHeadersError(f"response headers must be a list of (name, value) tuples, not {type(headers).__name__}")
+        raise ResponseHeadersError(
+            f"response headers must be a list of (name, value) tuples, not {type(headers).__name__}"
+        )
     content_length = None
     close = has_date = has_server = False
     for header in headers:
@@ -59,7 +61,9 @@ def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, in
         if type(name) is not str or not _TOKEN.match(name):
             raise ResponseHeadersError(f"invalid response header name {name!r}")
         if type(value) is not str or not _FIELD_VALUE.match(value):
-            raise ResponseHeadersError(f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)")
+            raise ResponseHeadersError(
+                f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)"
+            )
         kind = _SPECIAL_HEADERS.get(name.lower())
         if kind is None:
             continue
