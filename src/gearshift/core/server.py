@@ -426,10 +426,12 @@ class Server:
             loop = self._loop
             if loop is not None and loop.queue(resume, self):
                 return
-        with contextlib.suppress(OSError):
+        try:
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
             request.shutdown(socket.SHUT_WR)
+        except OSError:  # the client is gone already
+            pass
         self.close_request(request)
 
     def close_request(self, request: Socket) -> None:

@@ -139,11 +139,13 @@ class Connection:
         config = self.config
         self._body_pace = _Pace(config.body_timeout, config.min_body_rate)
         self._send_pace = _Pace(config.send_timeout, config.min_send_rate)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
+        if type(client_address) is tuple:  # TCP (IPv4 or IPv6); a Unix peer's address is a str
             # Responses are written in as few sends as possible; without this, the second small
             # write of a streamed response waits for the client's delayed ACK.
-            with contextlib.suppress(OSError):
+            try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     # -- the turn ------------------------------------------------------------------------------
 
@@ -473,7 +475,7 @@ class Exchange:
         try:
             result = server.app(environ, self.start_response)
             if not (isinstance(result, FileWrapper) and self._send_file(result)):
-                try:  # noqa: SIM105 - not contextlib.suppress, on the path of every request
+                try:
                     self.single = len(result) == 1
                 except TypeError:  # an iterable without a length
                     pass

@@ -46,11 +46,14 @@ class ThreadStrategy(Strategy):
             name=f"gearshift-request-{next(self._numbers)}",
             daemon=self.daemon_threads,
         )
-        with self._lock:
-            self._threads.add(thread)
         try:
+            with self._lock:
+                self._threads.add(thread)
             thread.start()
-        except BaseException:  # "can't start new thread": the loop logs it and closes the request
+        except BaseException:
+            # "can't start new thread" (the loop logs it and closes the request), or a signal
+            # handler's exception landing between the two lines above: either way the thread
+            # never ran, and close() must not wait for it.
             with self._lock:
                 self._threads.discard(thread)
             raise
@@ -68,7 +71,8 @@ class ThreadStrategy(Strategy):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            pending = [t for t in self._threads if not t.daemon]
+            # Not yet started: server_close() from another thread while process_request() runs.
+            pending = [t for t in self._threads if not t.daemon and t.ident is not None]
         for thread in pending:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         left = [t for t in pending if t.is_alive()]
