@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from apps import app
-from client import STRATEGIES, Client, server_process, status_of, wait_until
+from client import STRATEGIES, Client, read_until_closed, server_process, status_of, wait_until
 
 import gearshift
 from gearshift.http.errors import HTTPError, RequestTimeout
@@ -54,16 +54,7 @@ def trickle_until_answered(sock: socket.socket, pieces: list[bytes]) -> bytes:
     if time.monotonic() > deadline:
         raise AssertionError("the server never cut the slow client off")
     sock.settimeout(GIVE_UP)
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return read_until_closed(sock)
 
 
 def assert_released_and_serving(proc, baseline_threads: int) -> None:

@@ -624,7 +624,7 @@ def _wait_readable(fd: int, waker_fd: int | None, timeout: float | None) -> bool
 def _check_graceful_timeout(value: float | None) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # NaN too
         raise ValueError(f"graceful_timeout must be None or a number of seconds >= 0, not {value!r}")
     return float(value)
 
