@@ -32,6 +32,18 @@ FORK_SERVER_SCRIPT = Path(__file__).parent / "strategies" / "fork_server_script.
 FORK_AND_PROC = hasattr(os, "fork") and os.path.exists("/proc/self/task")
 
 
+def ipv6_loopback_available() -> bool:
+    """Whether this machine can bind ::1 (containers without IPv6 cannot)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = HANG_GUARD, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes
     (then return its last, falsy, value)."""

@@ -7,22 +7,11 @@ import os
 import socket
 
 import pytest
-from core_helpers import LineHandler, ask, serve
+from core_helpers import LineHandler, ask, ipv6_loopback_available, serve
 
 import gearshift
 
 pytestmark = pytest.mark.timeout(20)
-
-
-def _ipv6_loopback_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("strategy", ["sync", "thread"])
@@ -32,7 +21,7 @@ def test_ipv4(strategy):
         assert ask(server.server_address, "echo v4").split()[0] == "v4"
 
 
-@pytest.mark.skipif(not _ipv6_loopback_available(), reason="IPv6 loopback unavailable")
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="IPv6 loopback unavailable")
 @pytest.mark.parametrize("strategy", ["sync", "thread"])
 def test_ipv6(strategy):
     with serve(gearshift.Server(("::1", 0), LineHandler, strategy=strategy)) as server:

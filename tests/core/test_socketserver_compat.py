@@ -16,6 +16,7 @@ from core_helpers import (
     LineHandler,
     ask,
     connect,
+    ipv6_loopback_available,
     serve,
 )
 
@@ -27,21 +28,10 @@ pytestmark = pytest.mark.timeout(30)
 LOCALHOST = ("127.0.0.1", 0)
 
 
-def _ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 # -- class attributes, overridden in a subclass as socketserver documents -------------------------
 
 
-@pytest.mark.skipif(not _ipv6_available(), reason="IPv6 loopback unavailable")
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="IPv6 loopback unavailable")
 @pytest.mark.parametrize("base", [gearshift.Server, gearshift.socketserver.TCPServer])
 def test_address_family_class_attribute_selects_ipv6(base):
     class V6Server(base):
@@ -60,7 +50,7 @@ def test_address_family_follows_the_address_when_not_overridden(tmp_path):
         assert server.address_family == socket.AF_INET
     with gearshift.Server(str(tmp_path / "s.sock"), LineHandler) as server:
         assert server.address_family == socket.AF_UNIX
-    if _ipv6_available():
+    if ipv6_loopback_available():
         with gearshift.Server(("::1", 0), LineHandler) as server:
             assert server.address_family == socket.AF_INET6
 
