@@ -178,8 +178,9 @@ class ServerProcess:
             proc.stdout.close()
 
     def stderr_text(self, limit: int = 4000) -> str:
-        self.stderr.seek(0)
-        data = self.stderr.read()
+        # pread, not seek: the server writes through the same open file, at its offset.
+        fd = self.stderr.fileno()
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
         return data[-limit:].decode(errors="replace")
 
     def close(self) -> None:

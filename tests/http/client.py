@@ -150,9 +150,10 @@ class ServerProcess:
         self.strategy = strategy
 
     def log(self) -> str:
-        """What the server has logged so far."""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+        """What the server has logged so far. Read with pread: the server writes through the same
+        open file, so moving its offset here (seek) would make the server overwrite its own log."""
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def children(self) -> list[int]:
         pids = []
