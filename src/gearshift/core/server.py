@@ -399,6 +399,34 @@ class Server:
         resume = self._resuming.pop(request, None)
         return None if resume is None else resume.state
 
+    def set_state(self, request: Socket, client_address: Address, state: object) -> None:
+        """Give ``state`` to the next handler on ``request`` (:meth:`resumed_state` returns it)
+        without asking the loop to resume the connection: how what :meth:`request_ready` read
+        in the loop reaches the handler that runs in a worker."""
+        resume = _Resume(request, client_address, None, state)
+        resume.wanted = False
+        self._resuming[request] = resume
+
+    def request_ready(self, request: Socket, client_address: Address) -> bool:
+        """Called in the loop by a strategy that wants a connection's request received before
+        it spends a worker on it (``threadpool``), for a new connection and for a resumed one.
+        It must not block.
+
+        True: run the handler now; it will not wait for the client. False: the protocol took
+        the connection back (:meth:`resume_when_readable`) to wait for the rest of the request;
+        the strategy then calls :meth:`shutdown_request`, which parks it in the loop, and gets
+        it again through ``process_request`` when more bytes arrive.
+
+        The default is True: a handler that reads for itself (a stdlib one) waits in its worker.
+        A protocol server (HTTP) overrides it to read ahead."""
+        return True
+
+    def handle_overload(self, request: Socket, client_address: Address) -> None:
+        """Called in the loop by a strategy that has no room for a connection now (a full
+        queue, a thread limit reached). Closes it; a protocol may first say why, without
+        blocking (HTTP's 503). The strategy logs the overload."""
+        self.shutdown_request(request)
+
     def _expire_idle(self, loop: _LoopState) -> None:
         # Still in _resuming: handle_idle_timeout() finds the state as a handler would.
         for resume in loop.expired(time.monotonic()):

@@ -411,6 +411,7 @@ class Connection:
             f"HTTP/1.1 {error.status} {_phrase(error.status)}\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in error.headers)
         ).encode("latin-1")
         response = head + self.server.date_and_server() + b"\r\n" + body
         try:

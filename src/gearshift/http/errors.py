@@ -33,11 +33,14 @@ class HTTPError(Exception):
 
     status: int
     reason: str
+    #: Header fields the error response carries besides the fixed ones (``Retry-After``).
+    headers: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
+        self.headers = headers
 
     def __str__(self) -> str:
         return f"{self.status} {self.reason}"

@@ -112,6 +112,12 @@ HTTP_OPTIONS = tuple(HTTPConfig.option_names())
 reserve_options(HTTP_OPTIONS, owner="the HTTP layer (make_server)")
 
 
+#: The answer to a request no worker is free for. One second: long enough for a burst to pass,
+#: short enough that a client honouring it is not kept waiting.
+OVERLOADED = HTTPError(503, "the server is too busy to take this request; try again shortly",
+                       headers=(("Retry-After", "1"),))
+
+
 class WSGIServer(Server):
     """A :class:`gearshift.Server` whose handler speaks HTTP/1.1 to a WSGI application."""
 
@@ -210,6 +216,16 @@ class WSGIServer(Server):
         if isinstance(connection, Connection) and not connection.parser.idle:
             connection.reject(HTTPError(408, "the request was not received in time"), blocking=False)
         super().handle_idle_timeout(request, client_address)
+
+    def handle_overload(self, request: socket.socket, client_address: Any) -> None:
+        """No worker is free for this connection: answer 503 with ``Retry-After`` (in the loop,
+        so without blocking) rather than close it unanswered."""
+        connection = self.resumed_state(request)
+        if not isinstance(connection, Connection):
+            connection = Connection(request, client_address, self)
+        pending = connection.parser.requests
+        connection.reject(OVERLOADED, blocking=False, request=pending[0] if pending else None)
+        super().handle_overload(request, client_address)
 
     def date_and_server(self) -> bytes:
         """The ``Date`` and ``Server`` header lines every response carries."""
