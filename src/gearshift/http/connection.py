@@ -25,13 +25,14 @@ import select
 import socket
 import socketserver
 import sys
+import tempfile
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
-from .wsgi import FileWrapper, InputStream, build_environ, check_response
+from .wsgi import FileWrapper, InputStream, SpooledInput, build_environ, check_response
 
 if TYPE_CHECKING:
     from .server import WSGIServer
@@ -46,6 +47,10 @@ DISCARD_LIMIT = 65536
 #: Closing on a client still sending its body: how long to keep reading (and discarding) while
 #: nothing arrives, before giving up on the client. See Connection.linger.
 LINGER_IDLE = 2.0
+#: Reads one read-ahead turn makes in the loop before it lets the other connections have theirs
+#: (the connection stays readable, so its next turn comes at once).
+READ_AHEAD_READS = 16
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # ssl is imported only by servers that use TLS: it adds megabytes to every process, and the
 # fork strategy pays for each of them on every request. enable_tls() adds its errors.
 _WOULD_BLOCK: tuple[type[BaseException], ...] = (BlockingIOError, InterruptedError)
@@ -151,25 +156,8 @@ class Connection:
 
     def run(self) -> None:
         """Serve requests until the connection closes or goes back to the loop."""
-        parser = self.parser
         try:
-            while True:
-                if not parser.requests:
-                    if self.deferred_error is not None:
-                        raise self.deferred_error
-                    if self._read(blocking=False):
-                        continue
-                    if self._park() or not self._wait_readable():
-                        return
-                    self._read(blocking=True)
-                    continue
-                request = parser.requests.popleft()
-                self.head_deadline = None
-                self._body_pace.reset()
-                self._send_pace.reset()
-                if not Exchange(self, request).run():
-                    return
-                self.served += 1
+            self._serve()
         except HTTPError as exc:
             self.reject(exc)
         except _Timeout as exc:
@@ -179,6 +167,30 @@ class Connection:
             pass
         except _CLIENT_GONE as exc:
             log.debug("connection from %s lost: %s", self.client_address, exc)
+
+    def release(self) -> None:
+        """Free what the connection holds besides its socket, when it closes: nothing here (a
+        :class:`ReadAheadConnection` closes the temporary file of a body it was receiving)."""
+
+    def _serve(self) -> None:
+        parser = self.parser
+        while True:
+            if not parser.requests:
+                if self.deferred_error is not None:
+                    raise self.deferred_error
+                if self._read(blocking=False):
+                    continue
+                if self._park() or not self._wait_readable():
+                    return
+                self._read(blocking=True)
+                continue
+            request = parser.requests.popleft()
+            self.head_deadline = None
+            self._body_pace.reset()
+            self._send_pace.reset()
+            if not Exchange(self, request).run():
+                return
+            self.served += 1
 
     def _park(self) -> bool:
         """Give the idle connection back to the loop, with this Connection as its state; False
@@ -437,18 +449,196 @@ class Connection:
                 return
 
 
+class ReadAheadConnection(Connection):
+    """A connection whose requests the loop receives before a worker is spent on them.
+
+    For a strategy that asks :meth:`gearshift.Server.request_ready` first (``threadpool``): the
+    loop calls :meth:`read_ahead` each time the connection is readable, and dispatches it only
+    once a request can be served without waiting for the client: its head is in and, with
+    ``buffer_request_body`` (the default), its whole body too. Until then the connection waits
+    in the loop's selector, under the same deadlines a worker would enforce (``head_timeout``,
+    ``body_timeout``/``min_body_rate``), so a slow client costs a selector entry and a buffer,
+    never a thread.
+
+    A body is kept in memory up to ``max_body_in_memory`` bytes and spooled to a temporary file
+    past it, so memory per connection stays bounded whatever the body's size (``max_body_size``
+    still bounds the file). ``wsgi.input`` then reads from memory or that file and never touches
+    the network. The worker reads only without blocking too: after a response it serves the next
+    pipelined request if that one is ready, else hands the connection back to the loop.
+    """
+
+    def __init__(self, sock: socket.socket, client_address: Any, server: WSGIServer) -> None:
+        super().__init__(sock, client_address, server)
+        self.buffer_body = self.config.buffer_request_body
+        # The temporary file holding the body of ``parser.requests[0]`` past max_body_in_memory.
+        self._spool: IO[bytes] | None = None
+        self._spooled: Request | None = None
+        self._continued: Request | None = None  # the request whose 100 Continue was sent
+        self._paced: Request | None = None  # the request the body pace is counting for
+        self._waiting_since: float | None = None  # parked for body bytes since then
+
+    # -- in the loop (and in the worker, between requests) -------------------------------------
+
+    def read_ahead(self) -> bool:
+        """Read what has arrived, without ever blocking. True: a worker can take over now (a
+        request is ready, or an error is to be answered). False: not yet, and the connection was
+        handed back to the loop (:meth:`gearshift.Server.resume_when_readable`), or it is to be
+        closed (the client left or was too slow, or the server is closing)."""
+        if self._waiting_since is not None:
+            self._body_pace.waited += time.monotonic() - self._waiting_since
+            self._waiting_since = None
+        try:
+            reads = 0
+            while not self._ready():
+                if reads == READ_AHEAD_READS and not _pending(self.sock):
+                    return self._wait()
+                if not self._read(blocking=False):
+                    return self._wait()
+                reads += 1
+                if self.buffer_body and self.parser.requests:
+                    self._buffer_body(self.parser.requests[0])
+            return True
+        except HTTPError as exc:
+            self.deferred_error = exc  # the worker answers it
+            return True
+        except _Timeout:
+            pending = self.parser.requests
+            self.reject(HTTPError(408, "the request was not received in time"), blocking=False,
+                        request=pending[0] if pending else None)
+        except _PeerClosed:
+            pass
+        except _CLIENT_GONE as exc:
+            log.debug("connection from %s lost: %s", self.client_address, exc)
+        self.release()
+        return False
+
+    def _ready(self) -> bool:
+        pending = self.parser.requests
+        return self.deferred_error is not None or (bool(pending) and self._servable(pending[0]))
+
+    def _servable(self, request: Request) -> bool:
+        """Whether a worker can serve ``request`` without waiting for the client."""
+        return request.complete or not self.buffer_body
+
+    def _buffer_body(self, request: Request) -> None:
+        """Keep ``request``'s body within ``max_body_in_memory`` (spool the rest) and answer its
+        ``Expect: 100-continue``; called after each read while the body arrives."""
+        if request.expect_continue and self._continued is not request:
+            self._continued = request
+            if not request.complete:
+                self.set_timeout(0.0)
+                # The first bytes on a connection nothing else is being written to: the socket
+                # buffer takes them whole, or the client is not reading at all.
+                if self.sock.send(_CONTINUE) != len(_CONTINUE):
+                    raise ConnectionError("the client does not take the 100 Continue")
+        body = request.body
+        if self._spooled is not request:
+            if len(body) <= self.config.max_body_in_memory:
+                return
+            self.release()
+            self._spooled = request
+        try:
+            if self._spool is None:
+                self._spool = tempfile.TemporaryFile()  # noqa: SIM115  (closed by release())
+                self.server.spooling.add(self)
+            self._spool.write(body)
+        except OSError as exc:
+            log.error("cannot spool the request body from %s to a temporary file: %s", self.client_address, exc)
+            raise HTTPError(503, "the server cannot store the request body now") from exc
+        body.clear()
+
+    def _wait(self) -> bool:
+        """Hand the connection back to the loop until more bytes arrive, with what is left of
+        the deadline of what it is waiting for; False either way (see :meth:`read_ahead`)."""
+        pending = self.parser.requests
+        if pending:  # a body is on its way
+            request = pending[0]
+            pace = self._body_pace
+            if self._paced is not request:
+                self._paced = request
+                pace.reset()
+            pace.done = request.body_received
+            timeout = pace.next_wait()
+            if not timeout:
+                raise _Timeout(partial=True)
+        elif self.parser.idle:
+            timeout = self.config.keep_alive_timeout if self.served else self.config.head_timeout
+            self.head_deadline = None  # the next head's deadline runs from its first byte
+        else:
+            timeout = self._remaining_head_time()
+        if not self.server.resume_when_readable(self.sock, self.client_address, timeout, state=self):
+            self.release()
+            return False
+        if pending:
+            self._waiting_since = time.monotonic()
+        return False
+
+    def release(self) -> None:
+        """Close and so remove the temporary file of the body being received, if any."""
+        spool, self._spool, self._spooled = self._spool, None, None
+        if spool is not None:
+            self.server.spooling.discard(self)
+            spool.close()
+
+    # -- in the worker -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except BaseException:
+            self.release()
+            raise
+
+    def _serve(self) -> None:
+        parser = self.parser
+        while self.read_ahead():
+            pending = parser.requests
+            if not (pending and self._servable(pending[0])):
+                # Ready for an error: answer it (the requests before it were served above).
+                assert self.deferred_error is not None
+                self.release()
+                self.reject(self.deferred_error, request=pending[0] if pending else None)
+                return
+            request = pending.popleft()
+            self.head_deadline = None
+            self._body_pace.reset()
+            self._send_pace.reset()
+            self._paced = None
+            wsgi_input = None
+            if self._spooled is request:
+                assert self._spool is not None
+                self._spool.seek(0)
+                wsgi_input = SpooledInput(self._spool)
+            try:
+                reusable = Exchange(self, request, wsgi_input).run()
+            finally:
+                if wsgi_input is not None:
+                    self.release()
+            if not reusable:
+                return
+            self.served += 1
+
+
+def _pending(sock: socket.socket) -> bool:
+    """Whether a TLS socket holds decrypted bytes the selector cannot see."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and bool(pending())
+
+
 class Exchange:
     """One request and its response on a connection."""
 
     __slots__ = (
         "connection", "request", "status", "headers", "code", "length", "close_requested",
         "head_sent", "chunked", "remaining", "bodyless", "keep_alive", "single", "sent",
-        "continue_sent", "input_failed", "has_date", "has_server",
+        "continue_sent", "input_failed", "has_date", "has_server", "wsgi_input",
     )
 
-    def __init__(self, connection: Connection, request: Request) -> None:
+    def __init__(self, connection: Connection, request: Request, wsgi_input: SpooledInput | None = None) -> None:
         self.connection = connection
         self.request = request
+        #: The body the loop spooled to a file for this request; None: it is read through the parser.
+        self.wsgi_input = wsgi_input
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
         self.code = 0
@@ -469,8 +659,9 @@ class Exchange:
         """Run the application; True if the connection can serve another request."""
         connection, request = self.connection, self.request
         server = connection.server
+        wsgi_input = self.wsgi_input
         environ = build_environ(server.base_environ, request, connection.client_address,
-                               InputStream(request, self._fetch_body))
+                                InputStream(request, self._fetch_body) if wsgi_input is None else wsgi_input)
         result = None
         reusable = True
         try:

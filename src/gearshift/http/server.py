@@ -20,7 +20,7 @@ from .._version import __version__
 from ..core.plugins import reserve_options, resolve_strategy
 from ..core.server import Server
 from ..core.strategy import Strategy, check_options
-from .connection import Connection, WSGIRequestHandler, enable_tls, http_date
+from .connection import Connection, ReadAheadConnection, WSGIRequestHandler, enable_tls, http_date
 from .errors import HTTPError, ProtocolLimits
 from .wsgi import FileWrapper
 
@@ -38,6 +38,7 @@ RENAMED_OPTIONS = {
     "drain_timeout": "graceful_timeout",
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
+_BODY_BUFFERING = ("buffer_request_body", "max_body_in_memory")
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,25 @@ class HTTPConfig:
     #: Bytes per second the client must take a response at, over the time spent waiting for it,
     #: after the first ``send_timeout`` seconds; 0 for no minimum.
     min_send_rate: float = 500.0
+    #: Under a strategy that receives requests in the loop before dispatching them
+    #: (``threadpool``): receive the whole body too, so that the application's ``wsgi.input``
+    #: never waits for the client and a slow upload holds no thread. False: only the head is
+    #: read ahead, and ``wsgi.input`` reads the network as the application asks (for an app
+    #: that streams uploads as they arrive). Other strategies never read ahead.
+    buffer_request_body: bool = True
+    #: Bytes of one request body kept in memory while it is read ahead; past it the body goes
+    #: to a temporary file (``tempfile``, so ``TMPDIR``). Memory for uploads is then at most this
+    #: much per connection, whatever the bodies' sizes, and the usual small bodies (forms, JSON)
+    #: never touch the disk.
+    max_body_in_memory: int = 65536
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.buffer_request_body, bool):
+            raise ValueError(f"buffer_request_body must be True or False, not {self.buffer_request_body!r}")
+        size = self.max_body_in_memory
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"max_body_in_memory must be an int >= 0 (bytes), not {size!r}")
         for name in _TIMEOUTS:
             value = getattr(self, name)
             unit = "bytes per second" if name.startswith("min_") else "seconds"
@@ -95,14 +112,14 @@ class HTTPConfig:
     @classmethod
     def option_names(cls) -> list[str]:
         limits = [f.name for f in dataclasses.fields(ProtocolLimits)]
-        return sorted([*_TIMEOUTS, *limits])
+        return sorted([*_TIMEOUTS, *_BODY_BUFFERING, *limits])
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> HTTPConfig:
         """Build from the HTTP subset of ``options`` (removing those keys from it)."""
         limit_names = {f.name for f in dataclasses.fields(ProtocolLimits)}
         limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
-        own = {k: options.pop(k) for k in _TIMEOUTS if k in options}
+        own = {k: options.pop(k) for k in (*_TIMEOUTS, *_BODY_BUFFERING) if k in options}
         return cls(limits=limits, **own)
 
 
@@ -146,6 +163,9 @@ class WSGIServer(Server):
         self.app = app
         self.config = config or HTTPConfig()
         self.ssl_context = ssl_context
+        #: Connections holding a temporary file of a request body they are reading ahead (from
+        #: the loop or a worker), so that closing one anyhow removes its file.
+        self.spooling: set[ReadAheadConnection] = set()
         super().__init__(
             server_address, request_handler or WSGIRequestHandler, strategy,
             listener=listener, graceful_timeout=graceful_timeout, umask=umask, **strategy_options,
@@ -210,12 +230,37 @@ class WSGIServer(Server):
             "gearshift.strategy": self.strategy.name,
         }
 
-    def handle_idle_timeout(self, request: socket.socket, client_address: Any) -> None:
-        """A connection that went quiet in the middle of a request head gets its 408."""
+    def request_ready(self, request: socket.socket, client_address: Any) -> bool:
+        """Read the connection's request ahead, in the loop and without blocking (see
+        :class:`~gearshift.http.connection.ReadAheadConnection`): True once a worker can serve
+        it without waiting for the client, or answer its error; else the connection went back
+        to the loop until more arrives, or is to be closed."""
         connection = self.resumed_state(request)
-        if isinstance(connection, Connection) and not connection.parser.idle:
-            connection.reject(HTTPError(408, "the request was not received in time"), blocking=False)
+        if not isinstance(connection, ReadAheadConnection):
+            connection = ReadAheadConnection(request, client_address, self)
+        if connection.read_ahead():
+            self.set_state(request, client_address, connection)
+            return True
+        return False
+
+    def handle_idle_timeout(self, request: socket.socket, client_address: Any) -> None:
+        """A connection that went quiet in the middle of a request head, or of a body read
+        ahead, gets its 408."""
+        connection = self.resumed_state(request)
+        if isinstance(connection, Connection):
+            connection.release()
+            if not connection.parser.idle:
+                pending = connection.parser.requests
+                connection.reject(HTTPError(408, "the request was not received in time"), blocking=False,
+                                  request=pending[0] if pending else None)
         super().handle_idle_timeout(request, client_address)
+
+    def close_request(self, request: socket.socket) -> None:
+        if self.spooling:  # a connection parked with part of a body in a file (server_close)
+            connection = self.resumed_state(request)
+            if isinstance(connection, Connection):
+                connection.release()
+        super().close_request(request)
 
     def handle_overload(self, request: socket.socket, client_address: Any) -> None:
         """No worker is free for this connection: answer 503 with ``Retry-After`` (in the loop,
@@ -223,6 +268,7 @@ class WSGIServer(Server):
         connection = self.resumed_state(request)
         if not isinstance(connection, Connection):
             connection = Connection(request, client_address, self)
+        connection.release()
         pending = connection.parser.requests
         connection.reject(OVERLOADED, blocking=False, request=pending[0] if pending else None)
         super().handle_overload(request, client_address)
@@ -252,8 +298,8 @@ def make_server(
     ``options`` are the strategy's options and the HTTP options (``keep_alive_timeout``,
     ``head_timeout``, ``body_timeout``, ``min_body_rate``, ``send_timeout``, ``min_send_rate``,
     ``max_request_line``, ``max_header_size``, ``max_headers``, ``max_header_block``,
-    ``max_body_size``; see :class:`HTTPConfig`); a name that is neither raises ``TypeError``
-    listing both sets (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"``
+    ``max_body_size``, ``buffer_request_body``, ``max_body_in_memory``; see :class:`HTTPConfig`);
+    a name that is neither raises ``TypeError`` listing both sets (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"``
     for a Unix socket. ``port=0`` picks a free port (see ``server.server_address``). ``fd``
     adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the
     mode of a Unix socket it binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group

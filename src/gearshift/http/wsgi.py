@@ -247,6 +247,45 @@ class InputStream:
         return line
 
 
+class SpooledInput:
+    """``wsgi.input`` for a body received in full into a temporary file before the application
+    ran (see ``ReadAheadConnection``): the file's own reads, which have the semantics
+    :class:`InputStream` documents and never wait for the client. The connection closes the file
+    when the request ends."""
+
+    __slots__ = ("_file",)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._file.read(_size(size))
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._file.readline(_size(size))
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        return self._file.readlines(_size(hint))
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        with memoryview(buffer) as view, view.cast("B") as target:
+            data = self._file.read(len(target))
+            target[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def __iter__(self) -> SpooledInput:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self._file.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
 class FileWrapper:
     """``wsgi.file_wrapper``: iterates a file in blocks, and lets the connection use
     ``socket.sendfile`` (zero-copy ``os.sendfile``) when the file is a real one."""
