@@ -29,7 +29,7 @@ import socket
 import stat
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -41,7 +41,7 @@ from .core.strategy import Strategy
 from .http import make_server
 from .http.server import WSGIApp, WSGIServer
 from .loader import AppLoadError, AppSpecError, load_app
-from .settings import ENV_PREFIX, Setting, SettingError
+from .settings import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, Setting, SettingError
 from .signals import Interrupted, Signals, exit_if_threads_remain
 
 if TYPE_CHECKING:
@@ -84,7 +84,14 @@ def _not_negative(value: float) -> str | None:
 WHERE, STRATEGY, HTTP, PROCESS = "where to listen", "strategy", "HTTP limits and timeouts", "process"
 
 
-def _http(name: str, type: type[float] | type[int], metavar: str, help: str) -> Setting:
+def _yes_no(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise argparse.ArgumentTypeError("expected yes or no (also 1/0, true/false, on/off)")
+
+
+def _http(name: str, type: Callable[[str], Any], metavar: str, help: str) -> Setting:
     return Setting(name, ("--" + name.replace("_", "-"),), help, type=type, metavar=metavar, group=HTTP,
                    target="server")
 
@@ -132,6 +139,11 @@ SETTINGS: tuple[Setting, ...] = (
     _http("max_headers", int, "N", "most header lines (default 100)"),
     _http("max_header_block", int, "BYTES", "largest total of the header lines (default 65536)"),
     _http("max_body_size", int, "BYTES", "largest request body (default unlimited)"),
+    _http("buffer_request_body", _yes_no, "yes|no",
+          "threadpool: receive each request body in full before the app runs; no for apps that stream "
+          "uploads (default yes)"),
+    _http("max_body_in_memory", int, "BYTES",
+          "threadpool: request body bytes kept in memory, the rest in a temporary file (default 65536)"),
     Setting(
         "graceful_timeout", ("--graceful-timeout",), type=float, default=30.0, metavar="SECONDS",
         check=_not_negative, group=PROCESS, target="server",

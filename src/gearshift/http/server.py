@@ -298,12 +298,13 @@ def make_server(
     ``options`` are the strategy's options and the HTTP options (``keep_alive_timeout``,
     ``head_timeout``, ``body_timeout``, ``min_body_rate``, ``send_timeout``, ``min_send_rate``,
     ``max_request_line``, ``max_header_size``, ``max_headers``, ``max_header_block``,
-    ``max_body_size``, ``buffer_request_body``, ``max_body_in_memory``; see :class:`HTTPConfig`);
-    a name that is neither raises ``TypeError`` listing both sets (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"``
-    for a Unix socket. ``port=0`` picks a free port (see ``server.server_address``). ``fd``
-    adopts an already-bound listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the
-    mode of a Unix socket it binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group
-    may connect). ``graceful_timeout`` bounds how long ``server_close()`` waits for in-flight
+    ``max_body_size``, ``buffer_request_body``, ``max_body_in_memory``; see
+    :class:`HTTPConfig`); a name that is neither raises ``TypeError`` listing both sets
+    (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"`` for a Unix socket.
+    ``port=0`` picks a free port (see ``server.server_address``). ``fd`` adopts an already-bound
+    listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it
+    binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect).
+    ``graceful_timeout`` bounds how long ``server_close()`` waits for in-flight
     requests (None: no bound). Call ``serve_forever()`` on the result.
     """
     strategy_class = resolve_strategy(strategy)
