@@ -172,6 +172,16 @@ class Connection:
         """Free what the connection holds besides its socket, when it closes: nothing here (a
         :class:`ReadAheadConnection` closes the temporary file of a body it was receiving)."""
 
+    def reject_late(self) -> None:
+        """Answer 408 to a client that stopped sending its request (without blocking: from the
+        loop), naming the body when the head had arrived."""
+        pending = self.parser.requests
+        if pending:
+            self.reject(RequestTimeout("the request body was not received in time"), blocking=False,
+                        request=pending[0])
+        else:
+            self.reject(HTTPError(408, "the request was not received in time"), blocking=False)
+
     def _serve(self) -> None:
         parser = self.parser
         while True:
@@ -502,9 +512,7 @@ class ReadAheadConnection(Connection):
             self.deferred_error = exc  # the worker answers it
             return True
         except _Timeout:
-            pending = self.parser.requests
-            self.reject(HTTPError(408, "the request was not received in time"), blocking=False,
-                        request=pending[0] if pending else None)
+            self.reject_late()
         except _PeerClosed:
             pass
         except _CLIENT_GONE as exc:

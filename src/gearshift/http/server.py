@@ -250,9 +250,7 @@ class WSGIServer(Server):
         if isinstance(connection, Connection):
             connection.release()
             if not connection.parser.idle:
-                pending = connection.parser.requests
-                connection.reject(HTTPError(408, "the request was not received in time"), blocking=False,
-                                  request=pending[0] if pending else None)
+                connection.reject_late()
         super().handle_idle_timeout(request, client_address)
 
     def close_request(self, request: socket.socket) -> None:
