@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gearshift
+from gearshift.http.connection import WSGIRequestHandler
 from gearshift.http.wsgi import InputStream, SpooledInput
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,12 +48,25 @@ IN_MEMORY = 1024
 
 
 class Calls:
-    """What the echo app saw: each call's wsgi.input type, and an event per call."""
+    """What the echo app saw (each call's wsgi.input type, an event per call), and how many
+    turns the handler ran, each in one of the pool's threads."""
 
     def __init__(self) -> None:
         self.inputs: list[type] = []
         self.called = threading.Event()
         self.lock = threading.Lock()
+        self.turns = 0
+
+    def handler(self) -> type[WSGIRequestHandler]:
+        calls = self
+
+        class CountingHandler(WSGIRequestHandler):
+            def handle(self) -> None:
+                with calls.lock:
+                    calls.turns += 1
+                super().handle()
+
+        return CountingHandler
 
 
 def echo_app(calls: Calls):  # type: ignore[no-untyped-def]
@@ -108,7 +122,8 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 @contextmanager
 def threadpool(calls: Calls, **options: Any) -> Iterator[gearshift.WSGIServer]:
     options = {**PATIENT, "max_body_in_memory": IN_MEMORY, **options}
-    server = gearshift.make_server("127.0.0.1", 0, echo_app(calls), strategy="threadpool", threads=2, **options)
+    server = gearshift.make_server("127.0.0.1", 0, echo_app(calls), strategy="threadpool", threads=2,
+                                   request_handler=calls.handler(), **options)
     with serving(server):
         yield server
 
@@ -175,10 +190,11 @@ def test_slowloris_heads_take_no_thread(spool_dir: Path) -> None:
         head, _ = post("/", b"")
         with Trickler(socks, head[:-4]) as trickler:
             assert wait_until(lambda: trickler.sent >= 3, PROMPT)
-            # Every slow connection has started its head and none has finished it: with a thread
-            # each, the two threads would be stuck until head_timeout (300 s).
+            # Every slow connection has started its head and none has finished it: none has
+            # been given to a thread, not even for a turn, and a normal client is served.
             response = normal_request(server)
             assert status_of(response) == 200 and body_of(response) == b"hello"
+            assert calls.turns == 1
         for sock in socks:  # the slow heads end: each is served
             sock.sendall(head[trickler.sent:])
         for sock in socks:
@@ -199,6 +215,7 @@ def test_slow_bodies_take_no_thread(spool_dir: Path) -> None:
             response = normal_request(server)
             assert status_of(response) == 200 and body_of(response) == b"hello"
             assert calls.inputs == [InputStream], "an app ran before its body had arrived"
+            assert calls.turns == 1  # and no thread waited for a body
         for sock in socks:
             sock.sendall(body[IN_MEMORY + 100 + trickler.sent:])
         expected = hashlib.sha256(body).hexdigest().encode()
