@@ -325,6 +325,24 @@ def test_pipelined_requests_wait_in_the_loop_for_their_bodies(spool_dir: Path) -
     assert calls.inputs == [InputStream, SpooledInput]
 
 
+def test_a_pipelined_request_waiting_for_100_continue_gets_it(spool_dir: Path) -> None:
+    """Its head came with the request before it: the 100 Continue is sent once that one is
+    answered, without waiting for bytes the client will not send before it."""
+    calls = Calls()
+    with threadpool(calls) as server, connect(server) as sock:
+        head1, _ = post("/", b"first", close=False)
+        head2, _ = post("/", b"second", extra="Expect: 100-continue\r\n")
+        sock.sendall(head1 + b"first" + head2)
+        response = b""
+        while not response.endswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, response
+            response += data
+        assert status_of(response) == 200 and b"first" in response
+        sock.sendall(b"second")
+        assert body_of(read_until_closed(sock)) == b"second"
+
+
 def test_without_buffer_request_body_the_app_streams_the_upload(spool_dir: Path) -> None:
     seen = []
     got_first = threading.Event()

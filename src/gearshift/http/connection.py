@@ -497,17 +497,21 @@ class ReadAheadConnection(Connection):
         if self._waiting_since is not None:
             self._body_pace.waited += time.monotonic() - self._waiting_since
             self._waiting_since = None
+        pending = self.parser.requests
         try:
             reads = 0
-            while not self._ready():
+            while True:
+                # Also before the first read: a pipelined request may have arrived with the one
+                # before it, its body in memory and its client waiting for a 100 Continue.
+                if self.buffer_body and pending:
+                    self._buffer_body(pending[0])
+                if self._ready():
+                    return True
                 if reads == READ_AHEAD_READS and not _pending(self.sock):
                     return self._wait()
                 if not self._read(blocking=False):
                     return self._wait()
                 reads += 1
-                if self.buffer_body and self.parser.requests:
-                    self._buffer_body(self.parser.requests[0])
-            return True
         except HTTPError as exc:
             self.deferred_error = exc  # the worker answers it
             return True
