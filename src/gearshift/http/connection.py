@@ -539,10 +539,14 @@ class ReadAheadConnection(Connection):
             self._continued = request
             if not request.complete:
                 self.set_timeout(0.0)
-                # The first bytes on a connection nothing else is being written to: the socket
-                # buffer takes them whole, or the client is not reading at all.
-                if self.sock.send(_CONTINUE) != len(_CONTINUE):
-                    raise ConnectionError("the client does not take the 100 Continue")
+                # Nothing else is being written to the connection now: its socket buffer takes
+                # these few bytes whole, unless the client stopped reading what it was sent.
+                try:
+                    sent = self.sock.send(_CONTINUE)
+                except _WOULD_BLOCK:
+                    sent = 0
+                if sent != len(_CONTINUE):
+                    raise ConnectionError("the client does not read its responses")
         body = request.body
         if self._spooled is not request:
             if len(body) <= self.config.max_body_in_memory:
