@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -409,6 +410,29 @@ def test_a_chunked_body_past_max_body_size_is_refused_before_the_app_runs(spool_
                      + (b"%x\r\n%b\r\n" % (len(chunk), chunk)) * 3)
         assert status_of(read_until_closed(sock)) == 413
     assert not calls.inputs
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_an_upload_over_tls_is_read_ahead_whole(spool_dir: Path, tmp_path: Path) -> None:
+    """TLS records are decrypted a record per read: a body of many records takes several turns of
+    the loop, bytes the socket already decrypted included."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    client_context.check_hostname = False
+    calls = Calls()
+    body = os.urandom(2_000_000)
+    with threadpool(calls, ssl_context=context) as server, connect(server) as raw, \
+            client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        head, _ = post("/sha", body)
+        tls.sendall(head + body)
+        response = read_until_closed(tls)
+        assert status_of(response) == 200 and body_of(response) == hashlib.sha256(body).hexdigest().encode()
+    assert calls.inputs == [SpooledInput] and calls.turns == 1
 
 
 # -- any body, any segmentation --------------------------------------------------------------
