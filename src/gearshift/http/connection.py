@@ -12,6 +12,10 @@ loop cannot take it back (a ``fork`` child), the turn keeps the connection and w
 request itself with ``server.wait_readable()``, up to the keep-alive timeout or until the server
 starts closing.
 
+A strategy that asks :meth:`gearshift.Server.request_ready` before it spends a worker
+(``threadpool``) gets a :class:`ReadAheadConnection` instead: the loop itself reads each request
+(head, and by default body) without blocking, and the worker runs only once it is all there.
+
 Nothing here knows which strategy runs it: the only strategy facts it uses are the
 ``multithread``/``multiprocess`` flags, copied into the environ by the server.
 """

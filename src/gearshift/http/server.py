@@ -254,6 +254,7 @@ class WSGIServer(Server):
         super().handle_idle_timeout(request, client_address)
 
     def close_request(self, request: socket.socket) -> None:
+        """Close ``request``, and the temporary file of a body it was receiving."""
         if self.spooling:  # a connection parked with part of a body in a file (server_close)
             connection = self.resumed_state(request)
             if isinstance(connection, Connection):
