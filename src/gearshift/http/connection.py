@@ -160,8 +160,25 @@ class Connection:
 
     def run(self) -> None:
         """Serve requests until the connection closes or goes back to the loop."""
+        parser = self.parser
         try:
-            self._serve()
+            while True:
+                if not parser.requests:
+                    if self.deferred_error is not None:
+                        raise self.deferred_error
+                    if self._read(blocking=False):
+                        continue
+                    if self._park() or not self._wait_readable():
+                        return
+                    self._read(blocking=True)
+                    continue
+                request = parser.requests.popleft()
+                self.head_deadline = None
+                self._body_pace.reset()
+                self._send_pace.reset()
+                if not Exchange(self, request).run():
+                    return
+                self.served += 1
         except HTTPError as exc:
             self.reject(exc)
         except _Timeout as exc:
@@ -185,26 +202,6 @@ class Connection:
                         request=pending[0])
         else:
             self.reject(HTTPError(408, "the request was not received in time"), blocking=False)
-
-    def _serve(self) -> None:
-        parser = self.parser
-        while True:
-            if not parser.requests:
-                if self.deferred_error is not None:
-                    raise self.deferred_error
-                if self._read(blocking=False):
-                    continue
-                if self._park() or not self._wait_readable():
-                    return
-                self._read(blocking=True)
-                continue
-            request = parser.requests.popleft()
-            self.head_deadline = None
-            self._body_pace.reset()
-            self._send_pace.reset()
-            if not Exchange(self, request).run():
-                return
-            self.served += 1
 
     def _park(self) -> bool:
         """Give the idle connection back to the loop, with this Connection as its state; False
@@ -603,13 +600,15 @@ class ReadAheadConnection(Connection):
     # -- in the worker -------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Serve the requests that are ready, then hand the connection back to the loop (or let
+        it close). Every error on the way is answered or logged where it happens."""
         try:
-            super().run()
-        except BaseException:
+            self._serve_ready()
+        except BaseException:  # Ctrl+C in an app: the file goes now, not at garbage collection
             self.release()
             raise
 
-    def _serve(self) -> None:
+    def _serve_ready(self) -> None:
         parser = self.parser
         while self.read_ahead():
             pending = parser.requests
