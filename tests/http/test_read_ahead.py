@@ -151,7 +151,7 @@ def normal_request(server: gearshift.WSGIServer) -> bytes:
 
 
 class Trickler:
-    """Sends ``pieces`` on many connections, one byte each in turn, from a thread of its own,
+    """Sends ``data`` on many connections, one byte each in turn, from a thread of its own,
     until stopped; the slow clients a test keeps going while it checks something else."""
 
     def __init__(self, socks: list[socket.socket], data: bytes) -> None:
