@@ -140,13 +140,18 @@ class Strategy:
 
     # -- helpers for subclasses and for the server --------------------------------------------
 
-    def handle_connection(self, request: socket.socket, client_address: Address) -> bool:
+    def handle_connection(
+        self, request: socket.socket, client_address: Address, done: Callable[[], object] | None = None
+    ) -> bool:
         """Run the server's handler on ``request`` the way every strategy must, in the calling
         thread or process: ``finish_request``, ``handle_error`` on an exception, and always
         ``shutdown_request``. Returns True when the handler did not raise.
 
         Strategies call this from wherever they run work (the loop, a thread, a child) so the
-        error and ownership rules live in one place.
+        error and ownership rules live in one place. ``done`` (which must not raise) is called
+        when the handler has finished, before ``shutdown_request``: that may hand the connection
+        back to the loop, whose next request can then arrive at once, so a strategy that counts
+        busy workers frees the worker there rather than after this returns.
         """
         server = self.server
         try:
@@ -156,6 +161,8 @@ class Strategy:
             server.handle_error(request, client_address)
             return False
         finally:
+            if done is not None:
+                done()
             server.shutdown_request(request)
 
     @classmethod

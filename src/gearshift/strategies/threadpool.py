@@ -109,15 +109,16 @@ class ThreadPoolStrategy(Strategy):
         get = self._queue.get
         while (item := get()) is not None:
             try:
-                self.handle_connection(*item)
+                self.handle_connection(*item, done=self._done)
             except BaseException:
-                # SystemExit from the application: it would end this thread, and the pool
-                # would shrink for good. The connection was closed by handle_connection().
+                # SystemExit from a handler: it would end this thread, and the pool would
+                # shrink for good. handle_connection() has shut the connection down already.
                 log.exception("a request raised a BaseException in %s; the thread serves on",
                               threading.current_thread().name)
-            finally:
-                with self._lock:
-                    self._pending -= 1
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
 
     def service_actions(self) -> None:
         self._overload.check()
