@@ -45,7 +45,7 @@ _Item = tuple[socket.socket, Address]
 
 
 class ThreadPoolStrategy(Strategy):
-    """A fixed pool of threads; requests are dispatched once received in full."""
+    """A fixed pool of threads; a request holds one only while it runs (waitress, gthread)."""
 
     name = "threadpool"
     multithread = True
