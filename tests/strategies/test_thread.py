@@ -247,6 +247,28 @@ def test_past_max_threads_requests_get_503_and_the_server_keeps_serving(caplog):
     assert "thread overload over: refused 2 requests in" in caplog.text
 
 
+def test_a_keep_alive_request_never_finds_its_own_thread_counted_against_max_threads():
+    # The next request on a connection may reach the loop before the thread that answered the
+    # previous one has ended; that thread is done with its request all the same.
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = gearshift.make_server("127.0.0.1", 0, app, strategy="thread", max_threads=1)
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=HANG_GUARD)
+    statuses = []
+    try:
+        with serve(server):
+            for _ in range(300):
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+    finally:
+        connection.close()
+    assert statuses == [200] * 300
+
+
 @pytest.mark.parametrize("value", [0, -1, 2.0, True])
 def test_max_threads_must_be_a_whole_number_or_none(value):
     message = rf"^max_threads must be a whole number >= 1 or None for no limit, not {value!r}$"

@@ -50,6 +50,11 @@ class ThreadStrategy(Strategy):
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
         self._overload = OverloadLog(self.name)
+        # max_threads' slots: taken in the loop, given back as soon as a request is done, before
+        # its connection can return to the loop (handle_connection's ``done``), so that the
+        # connection's next request never finds its own, finishing, thread counted as busy.
+        self._slots = None if self.max_threads is None else threading.Semaphore(self.max_threads)
+        self._slot_done = None if self._slots is None else self._slots.release
         if not self.daemon_threads:
             _JOINED_AT_EXIT.add(self)
 
@@ -59,9 +64,8 @@ class ThreadStrategy(Strategy):
         return len(self._threads)
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
-        # Only the loop adds threads, and they only remove themselves: the count read here can
-        # be high by a thread that is ending, never low, so max_threads is never exceeded.
-        if self.max_threads is not None and len(self._threads) >= self.max_threads:
+        slots = self._slots
+        if slots is not None and not slots.acquire(blocking=False):
             self._overload.refused("all %d threads (max_threads) busy", self.max_threads)
             self.server.handle_overload(request, client_address)
             return
@@ -81,11 +85,13 @@ class ThreadStrategy(Strategy):
             # never ran, and close() must not wait for it.
             with self._lock:
                 self._threads.discard(thread)
+            if slots is not None:
+                slots.release()
             raise
 
     def _run(self, request: socket.socket, client_address: Address) -> None:
         try:
-            self.handle_connection(request, client_address)
+            self.handle_connection(request, client_address, self._slot_done)
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
