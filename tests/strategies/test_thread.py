@@ -233,7 +233,7 @@ def test_past_max_threads_requests_get_503_and_the_server_keeps_serving(caplog):
                 assert (status, retry_after) == (503, "1")
             assert server.strategy.active_threads == 2
             warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-            assert warnings == ["thread overloaded: all 2 threads (max_threads) busy; refusing new requests "
+            assert warnings == ["thread overloaded: every thread busy (max_threads=2); refusing new requests "
                                 "until it clears"]
             release.set()
             assert [get(c)[0] for c in connections[:2]] == [200, 200]

@@ -125,7 +125,8 @@ def test_past_max_queue_requests_get_503_with_retry_after_and_the_server_keeps_s
                 assert (status, headers["Retry-After"], headers["Connection"]) == (503, "1", "close"), body
             warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
             assert len(warnings) == 1, warnings  # once per burst, not once per request
-            assert "threadpool overloaded: all 1 threads busy and 1 requests queued" in warnings[0].getMessage()
+            assert warnings[0].getMessage() == ("threadpool overloaded: every thread busy (threads=1) and the queue "
+                                                "full (max_queue=1); refusing new requests until it clears")
             app.release.set()
             assert answer(running)[0] == 200 and answer(queued)[0] == 200
             later.request("GET", "/")

@@ -66,7 +66,7 @@ class ThreadStrategy(Strategy):
     def process_request(self, request: socket.socket, client_address: Address) -> None:
         slots = self._slots
         if slots is not None and not slots.acquire(blocking=False):
-            self._overload.refused("all %d threads (max_threads) busy", self.max_threads)
+            self._overload.refused("every thread busy (max_threads=%d)", self.max_threads)
             self.server.handle_overload(request, client_address)
             return
         thread = threading.Thread(

@@ -90,7 +90,7 @@ class ThreadPoolStrategy(Strategy):
                 self._queue.put((request, client_address))
         if refused:
             if not self._closed:
-                self._overload.refused("all %d threads busy and %d requests queued (max_queue)",
+                self._overload.refused("every thread busy (threads=%d) and the queue full (max_queue=%d)",
                                        self.threads, self.max_queue)
             server.handle_overload(request, client_address)
 
