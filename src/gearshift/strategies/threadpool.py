@@ -145,6 +145,8 @@ class ThreadPoolStrategy(Strategy):
         with self._lock:
             self._pending -= len(unserved)
             running = self._pending
+        if not running and not unserved:
+            return  # late, not stuck: between their last request and their sentinel
         log.warning(
             "drain timeout (%.1f s) passed; abandoning %d request%s still running%s",
             timeout, running, "" if running == 1 else "s",
