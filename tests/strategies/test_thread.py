@@ -291,7 +291,11 @@ class Held(socketserver.StreamRequestHandler):
 
 # registered after gearshift's own exit hook, so it runs before it (atexit is last in, first out)
 atexit.register(lambda: print("exiting", flush=True))
-server = gearshift.Server(("127.0.0.1", 0), Held, strategy="thread", **json.loads(sys.argv[1]))
+options = json.loads(sys.argv[1])
+later = options.pop("later", {})
+server = gearshift.Server(("127.0.0.1", 0), Held, strategy="thread", **options)
+for name, value in later.items():  # what gearshift.socketserver does when its attribute is set
+    setattr(server.strategy, name, value)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 print(server.server_address[1], flush=True)
 sys.stdin.readline()
@@ -322,8 +326,9 @@ def exiting_server(options):
         proc.stdout.close()
 
 
-@pytest.mark.parametrize("options", [{"graceful_timeout": 0.2}, {"daemon_threads": True}],
-                         ids=["abandoned-after-the-drain-timeout", "daemon_threads"])
+@pytest.mark.parametrize("options", [{"graceful_timeout": 0.2}, {"daemon_threads": True},
+                                     {"later": {"daemon_threads": True}}],
+                         ids=["abandoned-after-the-drain-timeout", "daemon_threads", "daemon_threads-set-later"])
 def test_a_request_thread_nobody_waits_for_does_not_keep_the_process_alive(options):
     with exiting_server(options) as (proc, client):
         assert proc.wait(HANG_GUARD) == 0  # although the request never ends

@@ -55,8 +55,7 @@ class ThreadStrategy(Strategy):
         # connection's next request never finds its own, finishing, thread counted as busy.
         self._slots = None if self.max_threads is None else threading.Semaphore(self.max_threads)
         self._slot_done = None if self._slots is None else self._slots.release
-        if not self.daemon_threads:
-            _JOINED_AT_EXIT.add(self)
+        _JOINED_AT_EXIT.add(self)
 
     @property
     def active_threads(self) -> int:
@@ -123,9 +122,10 @@ class ThreadStrategy(Strategy):
             return [t for t in self._threads if t.ident is not None]
 
 
-# The strategies whose request threads the interpreter must wait for at exit (daemon_threads
-# False, not abandoned by a drain timeout). Weak: a strategy with threads running is kept alive
-# by them, and one without has nothing to wait for.
+# The strategies whose request threads the interpreter waits for at exit unless their
+# daemon_threads is set (read at exit: gearshift.socketserver lets it change after __init__, as
+# socketserver does); a drain timeout that abandons them removes them. Weak: a strategy with
+# threads running is kept alive by them, and one without has nothing to wait for.
 _JOINED_AT_EXIT: weakref.WeakSet[ThreadStrategy] = weakref.WeakSet()
 
 
@@ -134,8 +134,9 @@ def _join_at_exit() -> None:
     atexit runs after the interpreter has joined its non-daemon threads, and before it stops
     the daemon ones."""
     for strategy in list(_JOINED_AT_EXIT):
-        for thread in strategy._started_threads():
-            thread.join()
+        if not strategy.daemon_threads:
+            for thread in strategy._started_threads():
+                thread.join()
 
 
 atexit.register(_join_at_exit)
