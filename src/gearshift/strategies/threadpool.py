@@ -15,9 +15,9 @@ connection per thread; SQLAlchemy's default pool is 5 + 10 overflow). waitress's
 interpreter idle as soon as requests wait more than they compute. CPU-bound applications gain
 nothing past 2 or 3 threads; applications waiting on slow upstreams want more.
 
-The queue is unbounded by default: what waits in it has been read in full already, so it
-costs memory bounded by the HTTP limits, not threads, and how long a client is willing to wait
-(about ``max_queue`` x the mean request time / ``threads``) is for the operator to decide.
+The queue is unbounded by default: a request waiting in it holds a connection, not a thread,
+and how long a client is willing to wait (about ``max_queue`` x the mean request time /
+``threads``) is for the operator to decide, not for a default to guess.
 
 Workers are daemon threads, started once (by ``serve()``, or by the first request under
 ``handle_request()``) and joined by ``close()``; a request still running after the drain
