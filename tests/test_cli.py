@@ -45,7 +45,7 @@ pytestmark = pytest.mark.timeout(60)
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_PLUGIN = REPO / "examples" / "reversed_strategy"
-BUILTIN_STRATEGIES = ["sync", "thread", "fork"]
+BUILTIN_STRATEGIES = ["sync", "thread", "threadpool", "fork"]
 
 GOOD_APP = '''
 import json, os
@@ -187,9 +187,11 @@ def _args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Na
 
 def test_defaults() -> None:
     args = _args([])
-    assert args.app is None and args.bind is None and args.strategy == "thread"
+    assert args.app is None and args.bind is None and args.strategy == "threadpool"
     assert args.graceful_timeout == 30.0 and args.access_log is None and args.log_level == "info"
     assert args.max_children is None and args.daemon_threads is None
+    # the strategies' own defaults apply: the command does not repeat them
+    assert args.threads is None and args.max_queue is None and args.max_threads is None
 
 
 def test_environment_supplies_options_and_command_line_wins() -> None:
@@ -477,7 +479,7 @@ def test_serves_the_demo_under_each_builtin_strategy(strategy: str) -> None:
             assert facts["pid"] != server.pid and facts["multiprocess"]
         else:
             assert facts["pid"] == server.pid
-        assert (facts["thread"] != "MainThread") == (strategy == "thread")
+        assert (facts["thread"] != "MainThread") == (strategy in ("thread", "threadpool"))
         status, headers, page = request(address, "/")
         assert status == 200 and headers["content-type"].startswith("text/html") and strategy.encode() in page
         status, _, streamed = request(address, "/stream")
@@ -489,6 +491,8 @@ def test_serves_the_demo_under_each_builtin_strategy(strategy: str) -> None:
     assert expected in server.stderr and "Ctrl+C to quit" in server.stderr
     if strategy == "fork":
         assert "(max_children=40)" in server.stderr
+    if strategy == "threadpool":
+        assert "(threads=8)" in server.stderr
 
 
 def test_banner_shows_every_listener_and_all_of_them_serve(tmp_path: Path) -> None:
@@ -658,6 +662,7 @@ def test_ipv6() -> None:
 @pytest.mark.parametrize(
     ("strategy", "signum"),
     [("fork", signal.SIGTERM), ("fork", signal.SIGINT), ("thread", signal.SIGTERM), ("thread", signal.SIGINT),
+     ("threadpool", signal.SIGTERM), ("threadpool", signal.SIGINT),
      ("sync", signal.SIGTERM)],
     ids=lambda value: getattr(value, "name", value),
 )
@@ -730,7 +735,7 @@ def test_graceful_timeout_bounds_the_drain() -> None:
 # -- subprocess: the other signals ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("strategy", ["sync", "thread", "fork"])
+@pytest.mark.parametrize("strategy", BUILTIN_STRATEGIES)
 def test_hup_and_usr2_are_logged_and_ignored(strategy: str) -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
         address = server.address()
@@ -742,7 +747,7 @@ def test_hup_and_usr2_are_logged_and_ignored(strategy: str) -> None:
         assert server.stop() == 0
 
 
-@pytest.mark.parametrize("strategy", ["thread", "fork"])
+@pytest.mark.parametrize("strategy", ["thread", "threadpool", "fork"])
 def test_usr1_reopens_the_access_log(tmp_path: Path, strategy: str) -> None:
     log_path, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy, "--access-log", str(log_path)]) as server:
@@ -775,7 +780,7 @@ def test_usr1_without_an_access_log_file() -> None:
         assert server.stop() == 0
 
 
-@pytest.mark.parametrize("strategy", ["thread", "fork"])
+@pytest.mark.parametrize("strategy", ["thread", "threadpool", "fork"])
 def test_sigquit_is_a_fast_stop(strategy: str) -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", strategy]) as server:
         address = server.address()
@@ -890,9 +895,19 @@ ERROR_CASES = [
     ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, ": --max-children must be a whole number >= 1"),
     ("bad-option-value-from-env", ["-s", "fork"], {"GEARSHIFT_MAX_CHILDREN": "0"}, 2,
      ": GEARSHIFT_MAX_CHILDREN must be a whole number >= 1, not 0"),
+    ("bad-threads", ["--threads", "0"], {}, 2, ": --threads must be a whole number >= 1, not 0"),
+    ("bad-max-queue", ["--max-queue", "-1"], {}, 2,
+     ": --max-queue must be a whole number >= 0 or None for no limit, not -1"),
+    ("bad-max-threads", ["-s", "thread"], {"GEARSHIFT_MAX_THREADS": "0"}, 2,
+     ": GEARSHIFT_MAX_THREADS must be a whole number >= 1 or None for no limit, not 0"),
     ("option-of-another-strategy", ["-s", "thread", "--max-children", "4"], {}, 2,
      "--max-children (GEARSHIFT_MAX_CHILDREN) does not apply to strategy 'thread', whose options are: "
-     "block_on_close, daemon_threads"),
+     "block_on_close, daemon_threads, max_threads"),
+    ("threadpool-option-for-thread", ["-s", "thread", "--threads", "4"], {}, 2,
+     "--threads (GEARSHIFT_THREADS) does not apply to strategy 'thread'"),
+    ("max-threads-for-the-default", ["--max-threads", "4"], {}, 2,
+     "--max-threads (GEARSHIFT_MAX_THREADS) does not apply to strategy 'threadpool', whose options are: "
+     "max_queue, threads"),
     ("flag-of-another-strategy", ["-s", "sync"], {"GEARSHIFT_DAEMON_THREADS": "1"}, 2,
      "--daemon-threads (GEARSHIFT_DAEMON_THREADS) does not apply to strategy 'sync', whose options are: none"),
     ("bad-http-option", ["--keep-alive-timeout", "-1"], {}, 2,

@@ -123,8 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
             group=WHERE, target="command"),
     Setting("keyfile", ("--keyfile",), "the private key for --certfile, if not in that file", metavar="PATH",
             group=WHERE, target="command"),
-    Setting("strategy", ("-s", "--strategy"), "concurrency strategy (default thread); see --list-strategies",
-            default="thread", metavar="NAME", group=STRATEGY, target="command"),
+    Setting("strategy", ("-s", "--strategy"), "concurrency strategy (default threadpool); see --list-strategies",
+            default="threadpool", metavar="NAME", group=STRATEGY, target="command"),
     _http("keep_alive_timeout", float, "SECONDS",
           "close idle keep-alive connections after this long; 0 disables keep-alive (default 5)"),
     _http("head_timeout", float, "SECONDS", "total time a client has to send a request head; 408 past it (default 10)"),
@@ -780,6 +780,7 @@ def banner_options(server: WSGIServer) -> str:
         for name, default in type(strategy).option_defaults().items()
         if name not in ("block_on_close", "freeze_gc")  # defaults nobody needs to see at start
     }
+    values = {name: value for name, value in values.items() if value is not None}  # no limit set
     return f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
 
 

@@ -73,7 +73,8 @@ def test_builtin_strategies_are_available():
         assert strategies[name].description()
     assert strategies["thread"].multithread and not strategies["thread"].multiprocess
     assert strategies["fork"].multiprocess and not strategies["fork"].multithread
-    assert strategies["thread"].option_defaults() == {"daemon_threads": False, "block_on_close": True}
+    assert strategies["thread"].option_defaults() == {"daemon_threads": False, "block_on_close": True,
+                                                      "max_threads": None}
     assert strategies["fork"].option_defaults() == {"max_children": 40, "block_on_close": True, "freeze_gc": True}
     assert strategies["sync"].option_defaults() == {}
 

@@ -813,7 +813,7 @@ def test_an_unknown_option_suggests_a_close_name_and_lists_the_accepted_ones():
         gearshift.Server(LOCALHOST, LineHandler, strategy="thread", deamon_threads=True)
     assert str(info.value) == (
         "unexpected option 'deamon_threads' (did you mean 'daemon_threads'?): "
-        "strategy 'thread' accepts: block_on_close, daemon_threads"
+        "strategy 'thread' accepts: block_on_close, daemon_threads, max_threads"
     )
     with pytest.raises(TypeError, match="^unexpected options 'a', 'b': strategy 'sync' accepts no options$"):
         gearshift.Server(LOCALHOST, LineHandler, b=1, a=2)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STRATEGIES = ["sync", "thread", "fork"]
+STRATEGIES = ["sync", "thread", "threadpool", "fork"]
 
 
 @dataclass

@@ -51,7 +51,7 @@ def test_environ(server):
     assert "HTTP_CONTENT_TYPE" not in env["headers"] and "HTTP_X_UNDERSCORE" not in env["headers"]
     assert env["wsgi.url_scheme"] == "http"
     assert env["gearshift.strategy"] == server.strategy
-    assert env["wsgi.multithread"] is (server.strategy == "thread")
+    assert env["wsgi.multithread"] is (server.strategy in ("thread", "threadpool"))
     assert env["wsgi.multiprocess"] is (server.strategy == "fork")
     assert env["wsgi.input_terminated"] is True
 

@@ -12,36 +12,77 @@ server uses it:
 ``serve(run_loop)``
     Runs the server's loop. The default calls ``run_loop()`` in this process. A supervisor
     (``prefork``) overrides it to start workers that each call ``run_loop()`` and to supervise
-    them until ``stop_serving()`` is called.
+    them until ``stop_serving()`` is called. ``handle_request()`` runs turns of the loop without
+    it, so workers started here must also start on first use (in ``process_request``).
 
 ``process_request(request, client_address)``
     Takes ownership of a connection the loop hands over: a newly accepted one, or one that a
     handler returned to the loop with :meth:`Server.resume_when_readable` and that has bytes to
     read again. It must eventually call ``server.finish_request``, ``server.handle_error`` if that
     raises, and always ``server.shutdown_request`` (which closes the connection or hands it back to
-    the loop). It may block the loop (``sync`` does; ``fork`` does at ``max_children``). One that
-    runs the handler in the loop's own thread may instead let its exception propagate, as
+    the loop): :meth:`Strategy.handle_connection` does the three in order, wherever the strategy
+    runs the handler. It may block the loop (``sync`` does; ``fork`` does at ``max_children``). One
+    that runs the handler in the loop's own thread may instead let its exception propagate, as
     ``socketserver.BaseServer`` does (``sync``): the loop then calls ``handle_error`` (for an
     ``Exception``) and ``shutdown_request``, and re-raises anything else.
 
+    Three server methods serve a strategy that must not block the loop and has a fixed number of
+    workers (``threadpool``; ``prefork`` runs one in each worker process). All three are called
+    in the loop, from ``process_request``, and none of them blocks:
+
+    ``server.request_ready(request, client_address) -> bool``
+        Before spending a worker: True means the handler can run now without waiting for the
+        client (the protocol has read the request ahead, in the loop, and handed what it read to
+        the next handler with ``server.set_state``). False means the protocol took the
+        connection back to wait for the rest of the request: the strategy calls
+        ``server.shutdown_request(request)``, which parks it in the loop, and gets it again
+        through ``process_request`` when more bytes arrive. The default is True (a stdlib
+        handler reads for itself, in its worker).
+    ``server.set_state(request, client_address, state)``
+        How what the loop read reaches the handler: the next handler on ``request`` gets
+        ``state`` from ``server.resumed_state(request)``, without the connection being resumed.
+        A protocol calls it from ``request_ready``; a strategy that moves work between threads
+        needs nothing more, since the state travels with the socket, not with the thread.
+    ``server.handle_overload(request, client_address)``
+        No worker is free and the strategy will not wait for one (a full queue, ``max_threads``
+        reached): the server answers and closes the connection (HTTP: 503 with ``Retry-After``;
+        the default just closes). It takes ownership of ``request``. The strategy logs the
+        overload through an :class:`OverloadLog`, once per burst, never once per connection.
+
+    A connection the strategy accepted (queued) must end either served or answered through
+    ``handle_overload``, never dropped unanswered, even when the server closes.
+
 ``service_actions()``
-    Called once per loop turn, at least every ``poll_interval`` seconds: reap finished workers.
+    Called once per loop turn, at least every ``poll_interval`` seconds: reap finished workers,
+    end an overload burst (:meth:`OverloadLog.check`).
 
 ``close(timeout)``
-    Called by ``server_close()`` after the listeners are closed: wait for in-flight work (when the
-    strategy's ``block_on_close`` says so), at most ``timeout`` seconds if not None, then abandon or
-    terminate what remains and log it.
+    Called by ``server_close()`` after the listeners are closed and ``server.closing`` is set
+    (handlers then answer the request in hand as the last of its connection): let queued and
+    in-flight work finish (when the strategy's ``block_on_close`` says so), at most ``timeout``
+    seconds if not None, then abandon or terminate what remains and log it. What is abandoned
+    must not keep the process alive: a thread-based strategy runs its threads as daemon threads
+    (``threading.Thread(daemon=True)``) and joins them here itself, so that after the drain
+    timeout the program exits whatever a stuck request does. Threads and processes are started
+    in ``serve()`` or on first use, never in ``__init__`` (a ``prefork`` worker builds its
+    strategy after the fork), and none is left running after a ``close()`` that drained in time.
 
 ``terminate()``
     Stop every worker at once, without waiting for requests (a second Ctrl+C). It may run in a
     signal handler, so it must not log or take locks; it returns how many workers it stopped.
+
+Option values are checked with :func:`positive_int_option`, :func:`limit_option` and
+:func:`bool_option`, so that every strategy's errors read the same (and the command can name
+the flag: ``--threads must be a whole number >= 1, not 0``).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import socket
+import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
@@ -49,6 +90,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from .server import Server
+
+log = logging.getLogger("gearshift")
 
 #: (host, port) for TCP, (host, port, flow, scope) for IPv6, str for Unix sockets.
 Address = tuple[Any, ...] | str
@@ -97,13 +140,18 @@ class Strategy:
 
     # -- helpers for subclasses and for the server --------------------------------------------
 
-    def handle_connection(self, request: socket.socket, client_address: Address) -> bool:
+    def handle_connection(
+        self, request: socket.socket, client_address: Address, done: Callable[[], object] | None = None
+    ) -> bool:
         """Run the server's handler on ``request`` the way every strategy must, in the calling
         thread or process: ``finish_request``, ``handle_error`` on an exception, and always
         ``shutdown_request``. Returns True when the handler did not raise.
 
         Strategies call this from wherever they run work (the loop, a thread, a child) so the
-        error and ownership rules live in one place.
+        error and ownership rules live in one place. ``done`` (which must not raise) is called
+        when the handler has finished, before ``shutdown_request``: that may hand the connection
+        back to the loop, whose next request can then arrive at once, so a strategy that counts
+        busy workers frees the worker there rather than after this returns.
         """
         server = self.server
         try:
@@ -113,6 +161,8 @@ class Strategy:
             server.handle_error(request, client_address)
             return False
         finally:
+            if done is not None:
+                done()
             server.shutdown_request(request)
 
     @classmethod
@@ -222,6 +272,65 @@ def bool_option(option: str, value: object) -> bool:
 
 def positive_int_option(option: str, value: object) -> int:
     """``value`` if it is an int >= 1 (not a bool), else ``ValueError`` naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{option} must be a whole number >= 1, not {value!r}")
+    return _whole_number(option, value, 1, "")
+
+
+def limit_option(option: str, value: object, minimum: int = 1) -> int | None:
+    """``value`` if it is None (no limit) or an int >= ``minimum`` (not a bool), else
+    ``ValueError`` naming the option, in the words of :func:`positive_int_option`."""
+    if value is None:
+        return None
+    return _whole_number(option, value, minimum, " or None for no limit")
+
+
+def _whole_number(option: str, value: object, minimum: int, alternative: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{option} must be a whole number >= {minimum}{alternative}, not {value!r}")
     return value
+
+
+# -- overload: refusing work without flooding the log -------------------------------------------
+
+
+class OverloadLog:
+    """Logs a strategy's refusals (:meth:`Server.handle_overload`) once per burst: a warning
+    when refusing starts, an info line with the count when it ends. Not a line per refusal: in
+    an overload that would flood the log and add work just when both hurt most.
+
+    A burst ends when nothing was refused for :attr:`QUIET` seconds. The strategy calls
+    :meth:`refused` for each refusal, and :meth:`check` from ``service_actions()`` (every loop
+    turn) and ``close()``, so the end is logged even when no request follows it. Used from the
+    loop's thread only (``close()`` runs after the loop has stopped).
+    """
+
+    #: Twice HTTP's ``Retry-After: 1``: clients retrying after a refusal are still the same burst.
+    QUIET = 2.0
+
+    def __init__(self, strategy: str) -> None:
+        self.strategy = strategy
+        #: Refusals in the current burst; 0 outside one.
+        self.count = 0
+        self._started = 0.0
+        self._last = 0.0
+
+    def refused(self, why: str, *args: object) -> None:
+        """Count one refusal; the first of a burst logs ``why % args`` as a warning."""
+        now = time.monotonic()
+        if self.count and now - self._last >= self.QUIET:
+            self._end(self._last)
+        if not self.count:
+            self._started = now
+            log.warning("%s overloaded: " + why + "; refusing new requests until it clears",
+                        self.strategy, *args)
+        self.count += 1
+        self._last = now
+
+    def check(self, *, final: bool = False) -> None:
+        """Log the end of the current burst if it is over (``final``: over anyway, at close)."""
+        if self.count and (final or time.monotonic() - self._last >= self.QUIET):
+            self._end(self._last)
+
+    def _end(self, last: float) -> None:
+        log.info("%s overload over: refused %d request%s in %.1f s", self.strategy, self.count,
+                 "" if self.count == 1 else "s", last - self._started)
+        self.count = 0
