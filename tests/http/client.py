@@ -15,6 +15,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ["sync", "thread", "threadpool", "fork"]
+#: Strategies that receive a whole request, body included, before the application runs it
+#: (``request_ready``; with the default ``buffer_request_body``).
+READS_BODY_AHEAD = {"threadpool"}
 
 
 @dataclass
