@@ -481,13 +481,13 @@ class Server:
         output = self._outputs.get(request)
         if output is not None and not output.closed:
             return output
-        if not self.can_write_behind(request):
-            return None
+        memory, limit = _check_size("memory", memory), _check_size("limit", limit)
+        timeout, min_rate = _check_timeout(timeout), _check_seconds("min_rate", min_rate)
         loop = self._loop
-        assert loop is not None
-        output = Output(request, client_address, loop, memory=_check_size("memory", memory),
-                        limit=_check_size("limit", limit), timeout=_check_timeout(timeout),
-                        min_rate=_check_seconds("min_rate", min_rate))
+        if loop is None or not self.can_write_behind(request):
+            return None
+        output = Output(request, client_address, loop, memory=memory, limit=limit, timeout=timeout,
+                        min_rate=min_rate)
         self._outputs[request] = output
         return output
 
