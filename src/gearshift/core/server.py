@@ -593,7 +593,7 @@ class Server:
                     if resume is not None:
                         resume.wanted = False
                     return  # the loop writes, then parks or closes (_output_done)
-                del self._outputs[request]
+                self._outputs.pop(request, None)
                 failed = output.error is not None and not output.closed
                 output.close()
                 if failed:
@@ -958,6 +958,8 @@ class _LoopState:
         now on. Returns (and keeps, for the next start) the outputs whose handler finished."""
         with self._queue_lock:
             self.pumping = False
+            if not self._queued and not self._watched and not self._orphans:
+                return []  # the usual case, and handle_request() stops the loop every call
             outputs = [item for item in self._queued if item.__class__ is Output]
             if outputs:
                 self._queued = deque(item for item in self._queued if item.__class__ is not Output)
