@@ -14,15 +14,19 @@ meanings, so stdlib request handlers and habits carry over::
                                     handle_error()    (if the handler raised)
                                     shutdown_request() -> close_request(), or back to the loop
       (resumed connection idle too long)                       handle_idle_timeout()
+      (output writable: bytes a handler left it, write_behind())  write them; once written,
+                                                 park or close as shutdown_request() asked
     service_actions()  -> strategy.service_actions()   (serve_forever, every turn: reap workers)
     shutdown()    -> wakes the loop through a socketpair; returns once serve_forever() has stopped
-    server_close() -> closes listeners and idle connections, then strategy.close() drains
+    server_close() -> closes listeners and idle connections, writes what finished handlers left
+                      the loop (within graceful_timeout), then strategy.close() drains
 
 What it does better than socketserver: the strategy is an object chosen by name with validated
 options (no mixin order, no mutable class attributes); ``shutdown()`` wakes the selector instead
 of waiting out ``poll_interval``; a handler can return an idle connection to the loop together
 with the connection's own state (:meth:`Server.resume_when_readable`), so that keep-alive
-connections do not pin a worker.
+connections do not pin a worker; a handler in a thread can leave the bytes a slow client has
+not taken yet to the loop (:meth:`Server.write_behind`), so that slow downloads do not either.
 
 Ownership across ``fork()``: a process owns the listeners it created (or was handed with
 ``add_listener(own=True)``) and its loop. :meth:`Server.after_fork` gives a forked child a
