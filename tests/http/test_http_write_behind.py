@@ -237,3 +237,19 @@ def test_send_buffer_options_are_checked() -> None:
         make_server("127.0.0.1", 0, app, send_spool=-1)
     with pytest.raises(ValueError, match="send_buffer"):
         make_server("127.0.0.1", 0, app, send_buffer=1.5)
+
+
+def test_under_thread_the_request_thread_ends_before_the_client_has_read(spool_dir: Path, big_file: Path) -> None:
+    server = make_server("127.0.0.1", 0, app, strategy="thread")
+    with serve(server), SlowClient(server.server_address[1], get("/big")) as client:
+        assert wait_for(lambda: server.pending_writes == 1 and server.strategy.active_threads == 0)
+        response, body = client.response()
+        assert hashlib.sha256(body).hexdigest() == DIGEST
+
+
+def test_under_sync_the_handler_writes_itself(spool_dir: Path, big_file: Path) -> None:
+    server = make_server("127.0.0.1", 0, app, strategy="sync")
+    with serve(server), SlowClient(server.server_address[1], get("/big")) as client:
+        response, body = client.response()
+        assert hashlib.sha256(body).hexdigest() == DIGEST
+        assert server.pending_writes == 0
