@@ -135,6 +135,7 @@ class Output:
         with self._lock:
             self._check()
             if not self._items:
+                self._written = 0  # a new backlog, if any: its pacing starts from here
                 view = view[self._write_now(view):]
                 if not view:
                     return
@@ -150,6 +151,7 @@ class Output:
         with self._lock:
             self._check()
             if not self._items:
+                self._written = 0
                 written = self._sendfile_now(fd, offset, count)
                 offset, count = offset + written, count - written
                 if not count:
