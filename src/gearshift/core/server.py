@@ -14,15 +14,19 @@ meanings, so stdlib request handlers and habits carry over::
                                     handle_error()    (if the handler raised)
                                     shutdown_request() -> close_request(), or back to the loop
       (resumed connection idle too long)                       handle_idle_timeout()
+      (output writable: bytes a handler left it, write_behind())  write them; once written,
+                                                 park or close as shutdown_request() asked
     service_actions()  -> strategy.service_actions()   (serve_forever, every turn: reap workers)
     shutdown()    -> wakes the loop through a socketpair; returns once serve_forever() has stopped
-    server_close() -> closes listeners and idle connections, then strategy.close() drains
+    server_close() -> closes listeners and idle connections, writes what finished handlers left
+                      the loop (within graceful_timeout), then strategy.close() drains
 
 What it does better than socketserver: the strategy is an object chosen by name with validated
 options (no mixin order, no mutable class attributes); ``shutdown()`` wakes the selector instead
 of waiting out ``poll_interval``; a handler can return an idle connection to the loop together
 with the connection's own state (:meth:`Server.resume_when_readable`), so that keep-alive
-connections do not pin a worker.
+connections do not pin a worker; a handler in a thread can leave the bytes a slow client has
+not taken yet to the loop (:meth:`Server.write_behind`), so that slow downloads do not either.
 
 Ownership across ``fork()``: a process owns the listeners it created (or was handed with
 ``add_listener(own=True)``) and its loop. :meth:`Server.after_fork` gives a forked child a
@@ -56,6 +60,7 @@ from .listeners import (
     check_umask,
     create_listener,
 )
+from .outbuffer import DEFAULT_LIMIT, DEFAULT_MEMORY, Output
 from .plugins import resolve_strategy
 from .strategy import Address, Strategy, check_options
 
@@ -125,6 +130,9 @@ class Server:
         # that call, through the wait in the loop, until the next handler on them takes the
         # state (resumed_state) or the connection closes (close_request).
         self._resuming: dict[Socket, _Resume] = {}
+        # Connections whose handler writes behind (write_behind), from that call until the
+        # loop has written what they kept, or they close.
+        self._outputs: dict[Socket, Output] = {}
         self._run = _RunState()
         # Closing: ``closing`` is set by server_close() or begin_closing(); ``_closed`` only by
         # server_close(), which runs once; ``_closing_waker`` wakes wait_readable() then.
@@ -289,12 +297,14 @@ class Server:
             data = key.data
             if data.__class__ is _Listening:
                 processed = self._accept(data, 1 if one else ACCEPT_BATCH) > 0 or processed
-            elif data is _WAKER:
-                loop.waker.drain()
-            else:
+            elif data.__class__ is _Resume:
                 loop.unpark(data)
                 self._process(data.request, data.client_address)
                 processed = True
+            elif data is _WAKER:
+                loop.waker.drain()
+            else:
+                self._output_writable(loop, data)
             if one and processed:
                 break
         self._expire_idle(loop)
@@ -310,9 +320,13 @@ class Server:
                 loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
         self._run.loop_thread = threading.get_ident()
+        loop.start_pumping()
         return loop
 
     def _leave_loop(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.stop_pumping()
         self._run.loop_thread = None
         self._close_loop_if_closed()
 
@@ -431,6 +445,131 @@ class Server:
         # Still in _resuming: handle_idle_timeout() finds the state as a handler would.
         for resume in loop.expired(time.monotonic()):
             self.handle_idle_timeout(resume.request, resume.client_address)
+        if loop.output_deadlines:
+            for output in loop.expired_outputs(time.monotonic()):
+                output.expire()
+                self._output_done(loop, output)
+
+    # -- writing behind the handler ------------------------------------------------------------
+
+    def can_write_behind(self, request: Socket) -> bool:
+        """Whether a handler on the calling thread can hand bytes for ``request`` to the loop
+        (:meth:`write_behind`): the loop of this process runs, in another thread, and
+        ``request`` is a plain socket (an ``SSLSocket`` cannot be written from two threads).
+
+        False under ``sync`` (the handler is the loop), in a forked child (no loop), while the
+        loop is stopped or the server closing, and for TLS: a handler then writes itself."""
+        loop = self._loop
+        return (
+            loop is not None
+            and loop.pumping
+            and type(request) is socket.socket
+            and threading.get_ident() != self._run.loop_thread
+        )
+
+    def write_behind(
+        self, request: Socket, client_address: Address, *, memory: int = DEFAULT_MEMORY,
+        limit: int = DEFAULT_LIMIT, timeout: float = 10.0, min_rate: float = 0.0,
+    ) -> Output | None:
+        """An :class:`~gearshift.core.outbuffer.Output` to write ``request``'s bytes through, so
+        that the handler need not wait for a slow client: what the socket does not take at once
+        is kept (up to ``memory`` bytes in memory, the rest in a temporary file) and written by
+        the loop as the client reads; a write waits only while more than ``limit`` bytes are
+        kept. ``timeout`` and ``min_rate`` pace the client (see ``Output``); one too slow is
+        logged and its connection closed.
+
+        When the handler's turn ends (``shutdown_request``) with bytes still kept, the loop
+        writes them first, then parks the connection (``resume_when_readable``) or closes it.
+        The same Output is returned for the rest of the turn. None when the loop cannot write
+        for this thread (:meth:`can_write_behind`): the handler writes to the socket itself."""
+        output = self._outputs.get(request)
+        if output is not None and not output.closed:
+            return output
+        memory, limit = _check_size("memory", memory), _check_size("limit", limit)
+        timeout, min_rate = _check_timeout(timeout), _check_seconds("min_rate", min_rate)
+        loop = self._loop
+        if loop is None or not self.can_write_behind(request):
+            return None
+        output = Output(request, client_address, loop, memory=memory, limit=limit, timeout=timeout,
+                        min_rate=min_rate)
+        self._outputs[request] = output
+        return output
+
+    @property
+    def pending_writes(self) -> int:
+        """How many connections have bytes kept for the loop to write (:meth:`write_behind`)."""
+        return sum(1 for output in list(self._outputs.values()) if output.buffered or output.unsent)
+
+    def _output_writable(self, loop: _LoopState, output: Output) -> None:
+        """In the loop: ``output``'s socket can take bytes."""
+        if not output.writable(time.monotonic()):
+            loop.push_deadline(output)
+            return
+        self._output_done(loop, output)
+
+    def _output_done(self, loop: _LoopState, output: Output) -> None:
+        """In the loop: nothing is left to write on ``output`` (or it failed): stop watching it,
+        then do what its handler asked at the end of its turn."""
+        loop.unwatch(output)
+        request = output.sock
+        if output.error is not None and not output.closed:
+            if isinstance(output.error, TimeoutError):
+                log.info("closing connection from %s: the client did not take the response in time",
+                         output.client_address)
+            else:
+                log.debug("connection from %s lost while writing: %s", output.client_address, output.error)
+        if not output.finished:
+            return  # the handler is still writing: it sees the error, or writes afresh
+        if self._outputs.get(request) is output:
+            del self._outputs[request]
+        after, failed = output.after, output.error is not None
+        output.close()
+        if not failed and isinstance(after, _Resume) and not self.closing:
+            loop.park(after, None if after.idle_timeout is None else time.monotonic() + after.idle_timeout)
+        else:
+            self._close_connection(request)
+
+    def _drain_outputs(self, outputs: list[Output], deadline: float | None) -> None:
+        """For server_close(): write what finished handlers left, until ``deadline``; then close
+        their connections (what is left unwritten is dropped, and logged)."""
+        poller = select.poll()
+        by_fd: dict[int, Output] = {}
+        now = time.monotonic()
+        for output in outputs:
+            output.start_wait(now)
+            by_fd[output.sock.fileno()] = output
+            poller.register(output.sock, select.POLLOUT)
+
+        def done(output: Output) -> None:
+            fd = output.sock.fileno()
+            poller.unregister(fd)
+            del by_fd[fd]
+            if self._outputs.get(output.sock) is output:
+                del self._outputs[output.sock]
+            output.close()
+            self._close_connection(output.sock)
+
+        while by_fd:
+            now = time.monotonic()
+            until = [o.deadline for o in by_fd.values() if o.deadline is not None]
+            if deadline is not None:
+                until.append(deadline)
+            wait = max(0.0, min(until) - now) if until else None
+            for fd, _ in poller.poll(None if wait is None else math.ceil(wait * 1000)):
+                output = by_fd[fd]
+                if output.writable(time.monotonic()):
+                    done(output)
+            now = time.monotonic()
+            for output in [o for o in by_fd.values() if o.deadline is not None and o.deadline <= now]:
+                output.expire()
+                log.info("closing connection from %s: the client did not take the response in time",
+                         output.client_address)
+                done(output)
+            if by_fd and deadline is not None and now >= deadline:
+                log.warning("drain timeout passed; dropping the unwritten responses of %d connection%s",
+                            len(by_fd), "" if len(by_fd) == 1 else "s")
+                for output in list(by_fd.values()):
+                    done(output)
 
     # -- socketserver's per-request hooks ------------------------------------------------------
 
@@ -447,13 +586,31 @@ class Server:
         self.RequestHandlerClass(request, client_address, self)
 
     def shutdown_request(self, request: Socket) -> None:
-        """Done with ``request``: return it to the loop if its handler asked for that, else close."""
+        """Done with ``request``: return it to the loop if its handler asked for that, else close.
+        Bytes its handler left to the loop (:meth:`write_behind`) are written first."""
         resume = self._resuming.get(request)
+        if self._outputs:
+            output = self._outputs.get(request)
+            if output is not None:
+                wanted = resume is not None and resume.wanted
+                if output.finish(resume if wanted else None):
+                    if resume is not None:
+                        resume.wanted = False
+                    return  # the loop writes, then parks or closes (_output_done)
+                self._outputs.pop(request, None)
+                failed = output.error is not None and not output.closed
+                output.close()
+                if failed:
+                    self._close_connection(request)
+                    return
         if resume is not None and resume.wanted:
             resume.wanted = False  # the next handler asks again if it wants to
             loop = self._loop
             if loop is not None and loop.queue(resume, self):
                 return
+        self._close_connection(request)
+
+    def _close_connection(self, request: Socket) -> None:
         try:
             # Explicit shutdown so that the client sees EOF even if a forked child or a
             # leaked makefile() still holds the descriptor.
@@ -465,6 +622,10 @@ class Server:
     def close_request(self, request: Socket) -> None:
         if self._resuming:
             self._resuming.pop(request, None)  # its state goes with it
+        if self._outputs:
+            output = self._outputs.pop(request, None)
+            if output is not None:
+                output.close()
         request.close()
 
     def handle_error(self, request: Socket, client_address: Address) -> None:
@@ -500,8 +661,12 @@ class Server:
         self._closed = True
         loop = self._loop
         idle: list[_Resume] = []
+        unwritten: list[Output] = []
+        started = time.monotonic()
         if loop is not None:
             idle = loop.close_all(self)  # sets closing under the queue lock: nothing is queued after
+            # From here handlers write for themselves; what finished ones left is written below.
+            unwritten = loop.stop_pumping()
         self.begin_closing()  # wakes handlers waiting in wait_readable()
         for sock in self.listeners:
             if sock.fileno() in self._owned:
@@ -517,13 +682,20 @@ class Server:
         self._owned = {}
         for resume in idle:
             self.shutdown_request(resume.request)
+        timeout = self.graceful_timeout
+        if unwritten:
+            # Before the strategy's drain, which handlers run through meanwhile: a response
+            # already complete should not wait for a slow request to end.
+            self._drain_outputs(unwritten, None if timeout is None else started + timeout)
+            if timeout is not None:
+                timeout = max(0.0, started + timeout - time.monotonic())
         run = self._run
         if run.loop_thread == threading.get_ident():
             # On the loop's own thread while it runs (a signal handler, a sync handler): the
             # loop may be inside select() on this selector, so it stops and closes it itself.
             run.stop_requested = True
         try:
-            self.strategy.close(self.graceful_timeout)
+            self.strategy.close(timeout)
         finally:
             if run.loop_thread != threading.get_ident():
                 self._close_loop_if_closed()
@@ -602,6 +774,9 @@ class Server:
             for sock in self.listeners:
                 sock.close()
         self._owned = {}
+        for output in self._outputs.values():
+            output.abandon()
+        self._outputs = {}
         loop, self._loop = self._loop, None
         if loop is not None:
             for resume in loop.abandon():
@@ -647,6 +822,24 @@ def _wait_readable(fd: int, waker_fd: int | None, timeout: float | None) -> bool
     watched = [fd] if waker_fd is None else [fd, waker_fd]  # pragma: no cover - Windows
     ready, _, _ = select.select(watched, [], [], timeout)  # pragma: no cover
     return fd in ready  # pragma: no cover
+
+
+def _check_size(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
+    return value
+
+
+def _check_timeout(value: float) -> float:
+    if _check_seconds("timeout", value) == 0:
+        raise ValueError("timeout must be > 0")
+    return float(value)
+
+
+def _check_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+    return float(value)
 
 
 def _check_graceful_timeout(value: float | None) -> float | None:
@@ -721,18 +914,95 @@ class _Resume:
 
 class _LoopState:
     """What one process's loop owns: its selector, its wake-up socket, the connections handed
-    back to it (from any thread) and those parked in it until readable or idle too long."""
+    back to it (from any thread) and those parked in it until readable or idle too long, and
+    the outputs it writes for handlers (write-behind) until written."""
 
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
         self.waker = Waker()
         self.selector.register(self.waker, selectors.EVENT_READ, _WAKER)
-        # Handed back by handlers in other threads; parked by the loop on its next turn.
-        self._queued: deque[_Resume] = deque()
+        # Handed back by handlers in other threads (connections to park, outputs to watch);
+        # taken by the loop on its next turn.
+        self._queued: deque[_Resume | Output] = deque()
         self._queue_lock = threading.Lock()
         self._deadlines: list[tuple[float, int, _Resume]] = []
         self._order = itertools.count()
         self._parked: set[_Resume] = set()
+        #: True while the loop runs and writes for handlers (hand_off accepts outputs).
+        self.pumping = False
+        self._watched: set[Output] = set()
+        #: When each watched output's client runs out of time (lazily pruned).
+        self.output_deadlines: list[tuple[float, int, Output]] = []
+        # Outputs of finished handlers the loop stopped writing (it was stopped): written
+        # when it runs again, or by server_close().
+        self._orphans: list[Output] = []
+
+    # -- write-behind --------------------------------------------------------------------------
+
+    def hand_off(self, output: Output) -> bool:
+        """From a handler's thread: have the loop write ``output``; False if it is not writing."""
+        with self._queue_lock:
+            if not self.pumping:
+                return False
+            was_empty = not self._queued
+            self._queued.append(output)
+        if was_empty:
+            self.waker.wake()
+        return True
+
+    def start_pumping(self) -> None:
+        with self._queue_lock:
+            self.pumping = True
+            orphans, self._orphans = self._orphans, []
+        for output in orphans:
+            self.watch(output)
+
+    def stop_pumping(self) -> list[Output]:
+        """The loop stops writing for handlers: those still running write for themselves from
+        now on. Returns (and keeps, for the next start) the outputs whose handler finished."""
+        with self._queue_lock:
+            self.pumping = False
+            if not self._queued and not self._watched and not self._orphans:
+                return []  # the usual case, and handle_request() stops the loop every call
+            outputs = [item for item in self._queued if item.__class__ is Output]
+            if outputs:
+                self._queued = deque(item for item in self._queued if item.__class__ is not Output)
+        outputs += self._watched
+        for output in list(self._watched):
+            self.unwatch(output)
+        orphans = [output for output in outputs if output.stop_watching()]
+        self._orphans += orphans
+        return list(self._orphans)
+
+    def watch(self, output: Output) -> None:
+        if output.closed:
+            return
+        try:
+            self.selector.register(output.sock, selectors.EVENT_WRITE, output)
+        except (ValueError, OSError):  # closed meanwhile
+            return
+        self._watched.add(output)
+        output.start_wait(time.monotonic())
+        self.push_deadline(output)
+
+    def unwatch(self, output: Output) -> None:
+        if output in self._watched:
+            self._watched.discard(output)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(output.sock)
+
+    def push_deadline(self, output: Output) -> None:
+        if output.deadline is not None:
+            heapq.heappush(self.output_deadlines, (output.deadline, next(self._order), output))
+
+    def expired_outputs(self, now: float) -> list[Output]:
+        heap = self.output_deadlines
+        expired = []
+        while heap and heap[0][0] <= now:
+            deadline, _, output = heapq.heappop(heap)
+            if output in self._watched and output.deadline == deadline:
+                expired.append(output)
+        return expired
 
     def queue(self, resume: _Resume, server: Server) -> bool:
         """Queue ``resume`` for the loop; False if the server is closing (then close it)."""
@@ -752,8 +1022,11 @@ class _LoopState:
             queued = list(self._queued)
             self._queued.clear()
         now = time.monotonic()
-        for resume in queued:
-            self.park(resume, None if resume.idle_timeout is None else now + resume.idle_timeout)
+        for item in queued:
+            if isinstance(item, _Resume):
+                self.park(item, None if item.idle_timeout is None else now + item.idle_timeout)
+            else:
+                self.watch(item)
 
     def park(self, resume: _Resume, deadline: float | None) -> None:
         try:
@@ -777,9 +1050,11 @@ class _LoopState:
         heap = self._deadlines
         while heap and not heap[0][2].parked:
             heapq.heappop(heap)
-        if not heap:
+        outputs = self.output_deadlines
+        if not heap and not outputs:
             return limit
-        until = max(0.0, heap[0][0] - time.monotonic())
+        first = min(heap[0][0] if heap else math.inf, outputs[0][0] if outputs else math.inf)
+        until = max(0.0, first - time.monotonic())
         return until if limit is None else min(limit, until)
 
     def expired(self, now: float) -> list[_Resume]:
@@ -797,8 +1072,8 @@ class _LoopState:
         take every connection queued or parked, for the server to close."""
         with self._queue_lock:
             server.closing = True
-            idle = list(self._queued)
-            self._queued.clear()
+            idle = [item for item in self._queued if item.__class__ is _Resume]
+            self._queued = deque(item for item in self._queued if item.__class__ is not _Resume)
         for resume in list(self._parked):
             self.unpark(resume)
             idle.append(resume)
@@ -809,7 +1084,7 @@ class _LoopState:
         """For after_fork(): close this copy of the loop without touching what the parent's
         shares (no unregistering from the epoll set, which the parent's is too), and return
         the connections it held, whose copies the child must close."""
-        idle = [*self._queued, *self._parked]
+        idle = [item for item in [*self._queued, *self._parked] if item.__class__ is _Resume]
         self.selector.close()
         self.waker.close()
         return idle

@@ -34,6 +34,7 @@ import time
 from http import HTTPStatus
 from typing import IO, TYPE_CHECKING, Any
 
+from ..core.outbuffer import Output
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, SpooledInput, build_environ, check_response
@@ -148,6 +149,8 @@ class Connection:
         config = self.config
         self._body_pace = _Pace(config.body_timeout, config.min_body_rate)
         self._send_pace = _Pace(config.send_timeout, config.min_send_rate)
+        # The loop's output this turn, once a response did not fit in the socket (write-behind).
+        self._output: Output | None = None
         if type(client_address) is tuple:  # TCP (IPv4 or IPv6); a Unix peer's address is a str
             # Responses are written in as few sends as possible; without this, the second small
             # write of a streamed response waits for the client's delayed ACK.
@@ -161,6 +164,7 @@ class Connection:
     def run(self) -> None:
         """Serve requests until the connection closes or goes back to the loop."""
         parser = self.parser
+        self._output = None  # what an earlier turn left the loop is written by now
         try:
             while True:
                 if not parser.requests:
@@ -320,6 +324,7 @@ class Connection:
         """
         sock = self.sock
         timeout = self.config.body_timeout
+        self._flush_output()  # ending our side now would cut off what the loop has yet to write
         deadline = time.monotonic() + timeout
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -340,53 +345,107 @@ class Connection:
     def send(self, data: bytes) -> None:
         """Write all of ``data``, within ``send_timeout``/``min_send_rate`` (see :class:`_Pace`):
         a slow but live client can download a large body, one that takes a byte now and then
-        cannot keep the connection forever. A client too slow or gone raises :class:`ClientGone`."""
+        cannot keep the connection forever. A client too slow or gone raises :class:`ClientGone`.
+
+        The first attempt does not wait: most responses fit in the socket's buffer at once.
+        What the socket does not take goes to the loop when it can write for this thread
+        (``Server.write_behind``: a thread is not held by a slow reader), else is written here.
+        """
+        output = self._output
+        if output is not None:  # earlier bytes are waiting in the loop: these go after them
+            self._send_behind(output, data)
+            return
+        self.set_timeout(0.0)
         try:
-            pace = self._send_pace
-            wait = pace.next_wait()
-            if not wait:
-                raise TimeoutError("the client did not take the response in time")
-            self.set_timeout(wait)
-            started = time.monotonic()
             sent = self.sock.send(data)
-            pace.done += sent
-            if sent == len(data):
-                pace.waited += time.monotonic() - started
-                return
-            view = memoryview(data)
-            while sent < len(view):
-                now = time.monotonic()
-                pace.waited += now - started
-                started = now
+        except _WOULD_BLOCK:
+            sent = 0
+        except _CLIENT_GONE as exc:
+            raise ClientGone(f"the response could not be delivered: {exc}") from exc
+        self._send_pace.done += sent
+        if sent < len(data):
+            self._send_rest(memoryview(data)[sent:] if sent else data)
+
+    def _send_rest(self, data: bytes | memoryview) -> None:
+        output = self._write_behind()
+        if output is not None:
+            self._send_behind(output, data)
+            return
+        pace = self._send_pace
+        sent = 0
+        try:
+            while sent < len(data):
                 wait = pace.next_wait()
                 if not wait:
                     raise TimeoutError("the client did not take the response in time")
                 self.set_timeout(wait)
-                n = self.sock.send(view[sent:])
+                started = time.monotonic()
+                try:
+                    n = self.sock.send(data[sent:])
+                finally:
+                    pace.waited += time.monotonic() - started
                 sent += n
                 pace.done += n
-            pace.waited += time.monotonic() - started
         except _CLIENT_GONE as exc:
             raise ClientGone(f"the response could not be delivered: {exc}") from exc
+
+    def _write_behind(self) -> Output | None:
+        """The loop's output for this connection, if the loop can write for this thread."""
+        config = self.config
+        output = self.server.write_behind(
+            self.sock, self.client_address, memory=config.send_buffer, limit=config.send_spool,
+            timeout=config.send_timeout, min_rate=config.min_send_rate,
+        )
+        self._output = output
+        return output
+
+    def _send_behind(self, output: Output, data: bytes | memoryview) -> None:
+        try:
+            output.write(data)
+        except OSError as exc:  # the loop's TimeoutError (client too slow) or a failed write
+            raise ClientGone(f"the response could not be delivered: {exc}") from exc
+
+    def _flush_output(self) -> None:
+        """Wait until the loop has written what this turn left it (before ending our side)."""
+        output = self._output
+        if output is not None:
+            with contextlib.suppress(OSError):
+                output.flush()
 
     def sendfile(self, file: Any, offset: int, count: int) -> int:
         """Send ``count`` bytes of ``file`` from ``offset`` (zero-copy ``os.sendfile`` on a plain
         socket), within the same limits as :meth:`send`; return the bytes sent (fewer if the
-        file is shorter)."""
+        file is shorter). What the socket does not take at once is left to the loop, as a range
+        of the file, when it can write for this thread."""
         sock = self.sock
         if type(sock) is not socket.socket or not hasattr(os, "sendfile"):  # TLS: no sendfile
             return self._send_file_blocks(file, offset, count)
-        pace = self._send_pace
-        self.set_timeout(pace.each)  # a timeout makes the descriptor non-blocking
         out, fd = sock.fileno(), file.fileno()
-        poller = select.poll()
-        poller.register(out, select.POLLOUT)
+        output = self._output
+        if output is not None:  # after bytes already waiting in the loop
+            try:
+                output.write_file(fd, offset, count)
+            except OSError as exc:
+                raise ClientGone(f"the response could not be delivered: {exc}") from exc
+            file.seek(offset + count)
+            return count
+        pace = self._send_pace
+        self.set_timeout(0.0)  # non-blocking descriptor: the first attempt does not wait
+        poller: select.poll | None = None
         total = 0
         try:
             while total < count:
                 try:
                     sent = os.sendfile(out, fd, offset + total, count - total)
                 except BlockingIOError:
+                    if poller is None:
+                        output = self._write_behind()
+                        if output is not None:
+                            output.write_file(fd, offset + total, count - total)
+                            total = count
+                            break
+                        poller = select.poll()
+                        poller.register(out, select.POLLOUT)
                     wait = pace.next_wait()
                     started = time.monotonic()
                     ready = poller.poll(wait * 1000.0) if wait else []

@@ -38,7 +38,7 @@ RENAMED_OPTIONS = {
     "drain_timeout": "graceful_timeout",
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
-_BODY_BUFFERING = ("buffer_request_body", "max_body_in_memory")
+_BUFFERS = ("buffer_request_body", "max_body_in_memory", "send_buffer", "send_spool")
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,16 @@ class HTTPConfig:
     #: much per connection, whatever the bodies' sizes, and the usual small bodies (forms, JSON)
     #: never touch the disk.
     max_body_in_memory: int = 65536
+    #: Bytes of responses kept in memory per connection when the client reads slower than the
+    #: application writes, where the loop writes for the application's thread (``threadpool``,
+    #: ``thread``). A response the socket did not take at once is a large one: 64 KiB keeps
+    #: 1,000 slow readers within 64 MB; beyond it bytes go to a temporary file.
+    send_buffer: int = 64 * 1024
+    #: Bytes kept in all (memory and temporary file) per connection before the application's
+    #: thread waits for the client: responses up to about this size leave the thread free at
+    #: once. Disk, not RAM (mind a ``TMPDIR`` on tmpfs): 1,000 slow readers of 8 MB cost up to
+    #: 8 GB of it. A file response (``wsgi.file_wrapper``) is not copied and does not count.
+    send_spool: int = 8 * 1024 * 1024
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
 
     def __post_init__(self) -> None:
@@ -108,18 +118,22 @@ class HTTPConfig:
         for name in ("head_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be > 0")
+        for name in _BUFFERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
 
     @classmethod
     def option_names(cls) -> list[str]:
         limits = [f.name for f in dataclasses.fields(ProtocolLimits)]
-        return sorted([*_TIMEOUTS, *_BODY_BUFFERING, *limits])
+        return sorted([*_TIMEOUTS, *_BUFFERS, *limits])
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> HTTPConfig:
         """Build from the HTTP subset of ``options`` (removing those keys from it)."""
         limit_names = {f.name for f in dataclasses.fields(ProtocolLimits)}
         limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
-        own = {k: options.pop(k) for k in (*_TIMEOUTS, *_BODY_BUFFERING) if k in options}
+        own = {k: options.pop(k) for k in (*_TIMEOUTS, *_BUFFERS) if k in options}
         return cls(limits=limits, **own)
 
 
