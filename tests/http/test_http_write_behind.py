@@ -39,6 +39,10 @@ def app(environ: dict[str, Any], start_response: Any) -> Any:
     if path == "/file":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return FileWrapper(open(environ["big.file"], "rb"))  # noqa: SIM115 - closed by the server
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
     return [b"ok\n"]
 
@@ -204,6 +208,20 @@ def test_keep_alive_and_pipelining_after_a_buffered_response(spool_dir: Path, bi
         response, body = client.response()
         assert hashlib.sha256(body).hexdigest() == DIGEST
         assert not response.will_close
+
+
+def test_a_pipelined_100_continue_waits_behind_a_buffered_response(spool_dir: Path, big_file: Path) -> None:
+    # The second request's head arrives with the first: its 100 Continue is due while the loop
+    # still writes the first response, and must follow it, not cut into it.
+    server = threadpool_server(big_file)
+    post = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    with serve(server), SlowClient(server.server_address[1], get("/big") + post) as client:
+        assert wait_for(lambda: server.pending_writes == 1)
+        response, body = client.response()
+        assert hashlib.sha256(body).hexdigest() == DIGEST
+        assert client.file.readline() == b"HTTP/1.1 100 Continue\r\n" and client.file.readline() == b"\r\n"
+        client.sock.sendall(b"hello")
+        assert client.response("POST")[1] == b"hello"
 
 
 def test_a_client_that_stops_reading_is_closed_and_its_temporary_file_freed(

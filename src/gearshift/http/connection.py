@@ -164,7 +164,6 @@ class Connection:
     def run(self) -> None:
         """Serve requests until the connection closes or goes back to the loop."""
         parser = self.parser
-        self._output = None  # what an earlier turn left the loop is written by now
         try:
             while True:
                 if not parser.requests:
@@ -217,6 +216,7 @@ class Connection:
         else:
             # Part of a request head has arrived: its deadline goes on across the wait.
             timeout = self._remaining_head_time()
+        self._output = None  # what is left to write is the loop's; it resumes the connection after it
         return self.server.resume_when_readable(self.sock, self.client_address, timeout, state=self)
 
     def _wait_readable(self) -> bool:
@@ -593,20 +593,33 @@ class ReadAheadConnection(Connection):
         return request.complete or not self.buffer_body
 
     def _buffer_body(self, request: Request) -> None:
-        """Keep ``request``'s body within ``max_body_in_memory`` (spool the rest) and answer its
-        ``Expect: 100-continue``; called after each read while the body arrives."""
+        """Answer ``request``'s ``Expect: 100-continue`` and keep its body within
+        ``max_body_in_memory`` (spool the rest); called after each read while the body arrives."""
         if request.expect_continue and self._continued is not request:
             self._continued = request
             if not request.complete:
-                self.set_timeout(0.0)
-                # Nothing else is being written to the connection now: its socket buffer takes
-                # these few bytes whole, unless the client stopped reading what it was sent.
-                try:
-                    sent = self.sock.send(_CONTINUE)
-                except _WOULD_BLOCK:
-                    sent = 0
-                if sent != len(_CONTINUE):
-                    raise ConnectionError("the client does not read its responses")
+                self._send_continue()
+        self._spool_body(request)
+
+    def _send_continue(self) -> None:
+        output = self._output
+        if output is not None:
+            # In the worker, after a response of this turn that the loop is still writing: the
+            # 100 goes after it.
+            self._send_behind(output, _CONTINUE)
+            return
+        self.set_timeout(0.0)
+        # Nothing else is being written to the connection now: its socket buffer takes these few
+        # bytes whole, unless the client stopped reading what it was sent.
+        try:
+            sent = self.sock.send(_CONTINUE)
+        except _WOULD_BLOCK:
+            sent = 0
+        if sent != len(_CONTINUE):
+            raise ConnectionError("the client does not read its responses")
+
+    def _spool_body(self, request: Request) -> None:
+        """Move ``request``'s body to its temporary file once it outgrows ``max_body_in_memory``."""
         body = request.body
         if self._spooled is not request:
             if len(body) <= self.config.max_body_in_memory:
@@ -642,6 +655,7 @@ class ReadAheadConnection(Connection):
             self.head_deadline = None  # the next head's deadline runs from its first byte
         else:
             timeout = self._remaining_head_time()
+        self._output = None  # what is left to write is the loop's; it resumes the connection after it
         if not self.server.resume_when_readable(self.sock, self.client_address, timeout, state=self):
             self.release()
             return False

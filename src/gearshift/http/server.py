@@ -38,7 +38,8 @@ RENAMED_OPTIONS = {
     "drain_timeout": "graceful_timeout",
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
-_BUFFERS = ("buffer_request_body", "max_body_in_memory", "send_buffer", "send_spool")
+_SIZES = ("max_body_in_memory", "send_buffer", "send_spool")
+_OWN_OPTIONS = (*_TIMEOUTS, "buffer_request_body", *_SIZES)
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,6 @@ class HTTPConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.buffer_request_body, bool):
             raise ValueError(f"buffer_request_body must be True or False, not {self.buffer_request_body!r}")
-        size = self.max_body_in_memory
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"max_body_in_memory must be an int >= 0 (bytes), not {size!r}")
         for name in _TIMEOUTS:
             value = getattr(self, name)
             unit = "bytes per second" if name.startswith("min_") else "seconds"
@@ -118,7 +116,7 @@ class HTTPConfig:
         for name in ("head_timeout", "body_timeout", "send_timeout"):
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in _BUFFERS:
+        for name in _SIZES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a whole number of bytes >= 0, not {value!r}")
@@ -126,14 +124,14 @@ class HTTPConfig:
     @classmethod
     def option_names(cls) -> list[str]:
         limits = [f.name for f in dataclasses.fields(ProtocolLimits)]
-        return sorted([*_TIMEOUTS, *_BUFFERS, *limits])
+        return sorted([*_OWN_OPTIONS, *limits])
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> HTTPConfig:
         """Build from the HTTP subset of ``options`` (removing those keys from it)."""
         limit_names = {f.name for f in dataclasses.fields(ProtocolLimits)}
         limits = ProtocolLimits(**{k: options.pop(k) for k in list(options) if k in limit_names})
-        own = {k: options.pop(k) for k in (*_TIMEOUTS, *_BUFFERS) if k in options}
+        own = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
         return cls(limits=limits, **own)
 
 
