@@ -228,6 +228,23 @@ def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua
     return out
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) the server has used: every process of its group, with the
+    children they reaped (fork's) and the threads that ended (thread's), from /proc."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == pgid:  # fields 14-17 of stat: utime, stime, cutime, cstime
+                ticks += sum(int(f) for f in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def scan_log(path: Path) -> list[str]:
     """Lines of a server log that look like trouble (tracebacks, errors)."""
     try:
@@ -304,7 +321,10 @@ def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: 
             if args.warmup > 0:
                 warm = run_wrk(port, mode, args.warmup, args, lua, connections)
                 rec.setdefault("warmup", {})[key] = {k: warm.get(k) for k in ("rps", "errors", "failed")}
-            rec["modes"][key] = run_wrk(port, mode, args.duration, args, lua, connections)
+            cpu_before = group_cpu_seconds(proc.pid)
+            run = rec["modes"][key] = run_wrk(port, mode, args.duration, args, lua, connections)
+            if run.get("requests"):
+                run["cpu_us_per_request"] = 1e6 * (group_cpu_seconds(proc.pid) - cpu_before) / run["requests"]
             if proc.poll() is not None:
                 rec["crashed"] = f"server exited with code {proc.returncode} during the {key} run"
                 break
@@ -344,6 +364,8 @@ def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) 
                 "rps_runs": [round(run["rps"], 1) for run in runs],
                 "p50_ms": statistics.median(run["p50_us"] / 1000 for run in ok_runs) if ok_runs else None,
                 "p99_ms": statistics.median(run["p99_us"] / 1000 for run in ok_runs) if ok_runs else None,
+                "cpu_us": statistics.median(cpus) if (cpus := [run["cpu_us_per_request"] for run in ok_runs
+                                                                if "cpu_us_per_request" in run]) else None,
                 "errors": errors,
                 "n_errors": sum(errors.values()),
             }
@@ -448,13 +470,15 @@ def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str
         lines.append("| " + " | ".join(cells) + " |")
     if any(not s["keep_alive_honored"] for s in summary.values()):
         lines += ["", "¹ closes the connection after every response even when the client asks for keep-alive."]
-    lines += ["", "Latency, p50 / p99 in ms (wrk's, median over rounds):", "",
-              "| server | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += ["", "Latency p50 / p99 in ms (wrk's), and the server's CPU time per request in µs (all its "
+              "processes and threads, from /proc; steadier than req/s on a loaded machine), medians over rounds:",
+              "", "| server | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for name, s in summary.items():
         cells = [name]
         for key in keys:
-            p50, p99 = s[key].get("p50_ms"), s[key].get("p99_ms")
-            cells.append(f"{p50:.1f} / {p99:.1f}" if p50 is not None and p99 is not None else "—")
+            p50, p99, cpu = s[key].get("p50_ms"), s[key].get("p99_ms"), s[key].get("cpu_us")
+            cell = f"{p50:.1f} / {p99:.1f}" if p50 is not None and p99 is not None else "—"
+            cells.append(cell + (f", {cpu:,.0f} µs" if cpu is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Bars (same-run ratios):"]
     for connections in levels:
