@@ -7,7 +7,8 @@ Setup (once; the peers go into their own venv, never into the project's test ven
 
 Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk``)::
 
-    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~5 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~11 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --connections 32  # no -c256 sweep, ~6 min
     benchmarks/.venv/bin/python benchmarks/bench_http.py --rounds 3 --duration 10
     benchmarks/.venv/bin/python benchmarks/bench_http.py --only gearshift-thread,werkzeug-threaded
     benchmarks/.venv/bin/python benchmarks/bench_http.py --profile gearshift-sync   # cProfile
@@ -15,16 +16,19 @@ Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk
 Every server (see ``http_servers.py``) serves ``hello_app.app`` (``b"Hello, World!"``) from its
 own subprocess on 127.0.0.1, with logging off. For each round and each server in turn (the order
 is reversed on every other round): start it, wait for its port, check one response by hand
-(status, body, whether a second request on the same connection is answered), then for each mode
-(keep-alive, then ``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a
-measured run (``wrk -t1 -c32 -d5s`` by default), then stop the server's whole process group.
+(status, body, whether a second request on the same connection is answered), then for each
+concurrency level (``--connections``, ``32,256`` by default) and mode (keep-alive, then
+``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a measured run
+(``wrk -t1 -cN -d5s --latency``), then stop the server's whole process group. The server's CPU
+time (its whole process group, from /proc) is read around each measured run.
 Reported req/s are the median over rounds of successful (non-error status) responses per second.
 wrk's non-2xx/3xx responses and socket errors (connect/read/write/timeout) are summed over the
 measured runs and shown in the table; a server that crashed, or whose log has a traceback, is
 flagged there too. A gearshift figure with errors fails its bar: a server that errors is not
 faster.
 
-Output: a Markdown table and PASS/FAIL per bar on stdout, the same table in
+Output: a Markdown table (req/s per mode and level), a latency table (p50/p99, CPU µs per
+request) and PASS/FAIL per bar and level on stdout, the same table in
 ``benchmarks/latest-http.md``, and ``benchmarks/results/http-<date>.json`` (every run, raw wrk
 output, versions, load average) and ``.png`` (bar chart). Server logs go to
 ``benchmarks/results/logs-<date>/``.
@@ -570,6 +574,11 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
     est = len(names) * args.rounds * (len(cases(args.levels)) * (args.duration + args.warmup) + 2)
     print(f"bench_http: {len(names)} servers x {args.rounds} rounds, about {est / 60:.1f} min; logs in {logdir}",
           file=sys.stderr)  # fmt: skip
+    busy = os.getloadavg()[0]
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(f"note: load average {busy:.2f} before the run: other work shares the CPUs, and a strategy that "
+              "hands each request between threads loses far more req/s to it than one that does not (see "
+              "benchmarks/README.md); compare the CPU µs per request too", file=sys.stderr)  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA)
         lua = Path(f.name)
