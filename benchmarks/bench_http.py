@@ -363,11 +363,13 @@ def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) 
                 for k, v in run.get("errors", {}).items():
                     errors[k] += v
             ok_runs = [run for run in runs if not run.get("failed")]
+            # wrk records no latency for a response slower than --timeout (it counts a "timeout" error)
+            answered = [run for run in ok_runs if run["requests"] > run["timeout"]]
             s[key] = {
                 "rps": statistics.median(run["rps"] for run in ok_runs) if ok_runs else None,
                 "rps_runs": [round(run["rps"], 1) for run in runs],
-                "p50_ms": statistics.median(run["p50_us"] / 1000 for run in ok_runs) if ok_runs else None,
-                "p99_ms": statistics.median(run["p99_us"] / 1000 for run in ok_runs) if ok_runs else None,
+                "p50_ms": statistics.median(run["p50_us"] / 1000 for run in answered) if answered else None,
+                "p99_ms": statistics.median(run["p99_us"] / 1000 for run in answered) if answered else None,
                 "cpu_us": statistics.median(cpus) if (cpus := [run["cpu_us_per_request"] for run in ok_runs
                                                                 if "cpu_us_per_request" in run]) else None,
                 "errors": errors,
