@@ -203,10 +203,13 @@ def add_baseline(src: Path) -> list[str]:
     """Register ``baseline-sync``, ``-thread``, ``-fork`` and ``-threadpool``: the same gearshift
     servers, importing gearshift from ``src`` (the ``src/`` folder of a checkout of another
     commit) instead of the installed one, so that a change is measured against the commit
-    before it in one run, with the same background load. Returns the new names."""
+    before it in one run, with the same background load (a strategy that commit lacks gets no
+    twin). Returns the new names."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     names = []
     for strategy in ("sync", "thread", "fork", "threadpool"):
+        if not (src / "gearshift" / "strategies" / f"{strategy}.py").is_file():
+            continue  # a commit from before that strategy
         name = f"baseline-{strategy}"
 
         def start(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
