@@ -232,20 +232,27 @@ def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua
     return out
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system) the server has used: every process of its group, with the
-    children they reaped (fork's) and the threads that ended (thread's), from /proc."""
-    ticks = 0
+def group_stats(pgid: int) -> list[list[str]]:
+    """``/proc/<pid>/stat`` of every process in the process group ``pgid`` (a server and its
+    workers or children), each split after the command name: index N is the man page's field N+3."""
+    out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:  # fields 14-17 of stat: utime, stime, cutime, cstime
-                ticks += sum(int(f) for f in fields[11:15])
-        except (OSError, ValueError, IndexError):
-            continue
+        except OSError:
+            continue  # it exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 21 and fields[2] == str(pgid):  # field 5: the process group
+            out.append(fields)
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) the server has used: every process of its group, with the
+    children they reaped (fork's) and the threads that ended (thread's)."""
+    ticks = sum(int(f) for fields in group_stats(pgid) for f in fields[11:15])  # utime, stime, cutime, cstime
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

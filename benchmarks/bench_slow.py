@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import http_servers  # noqa: E402
-from bench_http import _on_signal, free_port, scan_log, stop_all, versions, wait_for_port  # noqa: E402
+from bench_http import _on_signal, free_port, group_stats, scan_log, versions, wait_for_port  # noqa: E402
 from bytecode import compile_gearshift  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -68,6 +68,8 @@ OUTCOMES = ("served", "refused", "timed out", "held")
 #: how many connection attempts the attacker has in flight at once while it ramps up, so the
 #: ramp does not overflow a listen backlog (which would be measuring the backlog, not the server)
 CONNECT_AT_ONCE = 64
+
+_live: list[subprocess.Popen] = []  # servers to stop on any exit path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,19 +352,9 @@ def summarize_latencies(latencies: list[float], errors: dict[str, int]) -> dict[
 
 
 def group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the server's process group (gunicorn: master + worker)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == pgid:  # field 5 of stat, the process group
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # field 24, rss in pages
-        except (OSError, ValueError, IndexError):
-            continue
-    return round(total / 2**20, 1)
+    """Resident memory of every process in the server's group (gunicorn: master + worker)."""
+    pages = sum(int(fields[21]) for fields in group_stats(pgid))  # field 24: rss, in pages
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 class AttackerProcess:
@@ -412,7 +404,7 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
     log = logdir / f"{name}.log"
     rec: dict[str, Any] = {"server": name, "port": port, "log": str(log)}
     proc = http_servers.SERVERS[name](port, log, app=APP)
-    http_servers_live.append(proc)
+    _live.append(proc)
     try:
         wait_for_port(port, proc)
         rec["alone"] = measure(port, args.baseline, args.pace, args.timeout)
@@ -432,12 +424,9 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
         rec["failed"] = str(exc)
     finally:
         rec["exit_code"] = http_servers.stop(proc)
-        http_servers_live.remove(proc)
+        _live.remove(proc)
         rec["log_trouble"] = scan_log(log)
     return rec
-
-
-http_servers_live: list[subprocess.Popen] = []
 
 
 def fmt_ms(value: float | None) -> str:
@@ -543,9 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; stopping servers", file=sys.stderr)
         return 130
     finally:
-        while http_servers_live:
-            http_servers.stop(http_servers_live.pop(), grace=3.0)
-        stop_all()
+        while _live:
+            http_servers.stop(_live.pop(), grace=3.0)
     md = markdown(records, meta)
     print(md)
     out = RESULTS / f"slow-{stamp}.json"
