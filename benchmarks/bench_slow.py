@@ -14,7 +14,8 @@ the server.
 
 - The **normal client** runs in this process: one request at a time, each on a new connection
   (``GET /``, ``Connection: close``), one every ``--pace`` s, each bounded by ``--timeout`` s. A
-  request that times out, cannot connect, or is not answered 200 is an error.
+  request that times out, cannot connect, or is not answered 200 is an error, and counts in
+  the percentiles as slower than any answer.
 - The **attacker** is a separate process (this file with ``--attack``, on asyncio), so that its
   work never delays the measurement's. It keeps ``--slowloris`` connections sending a request
   head one header line every ``--interval`` s and never ending it, ``--slow-body`` connections
@@ -40,6 +41,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import resource
 import signal
@@ -340,14 +342,18 @@ def measure(port: int, duration: float, pace: float, timeout: float) -> dict[str
 
 
 def summarize_latencies(latencies: list[float], errors: dict[str, int]) -> dict[str, Any]:
-    ordered = sorted(latencies)
+    """Percentiles over every request, a failed one counting as slower than any answer (so a
+    server that answers nobody has a p99 of "failed", not none)."""
+    n_errors = sum(errors.values())
+    ordered = sorted(latencies) + [math.inf] * n_errors
 
-    def pct(p: float) -> float | None:
+    def pct(p: float) -> float | str | None:
         if not ordered:
             return None
-        return round(1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 2)
+        value = ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+        return "failed" if value == math.inf else round(1000 * value, 2)
 
-    return {"ok": len(ordered), "errors": errors, "n_errors": sum(errors.values()),
+    return {"ok": len(latencies), "errors": errors, "n_errors": n_errors,
             "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100)}  # fmt: skip
 
 
@@ -429,8 +435,10 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
     return rec
 
 
-def fmt_ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f}"
+def fmt_ms(value: float | str | None) -> str:
+    if value is None:
+        return "—"
+    return value if isinstance(value, str) else f"{value:,.1f}"
 
 
 def fmt_errors(m: dict[str, Any] | None) -> str:
