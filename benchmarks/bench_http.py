@@ -7,7 +7,8 @@ Setup (once; the peers go into their own venv, never into the project's test ven
 
 Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk``)::
 
-    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~5 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~11 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --connections 32  # no -c256 sweep, ~6 min
     benchmarks/.venv/bin/python benchmarks/bench_http.py --rounds 3 --duration 10
     benchmarks/.venv/bin/python benchmarks/bench_http.py --only gearshift-thread,werkzeug-threaded
     benchmarks/.venv/bin/python benchmarks/bench_http.py --profile gearshift-sync   # cProfile
@@ -15,16 +16,19 @@ Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk
 Every server (see ``http_servers.py``) serves ``hello_app.app`` (``b"Hello, World!"``) from its
 own subprocess on 127.0.0.1, with logging off. For each round and each server in turn (the order
 is reversed on every other round): start it, wait for its port, check one response by hand
-(status, body, whether a second request on the same connection is answered), then for each mode
-(keep-alive, then ``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a
-measured run (``wrk -t1 -c32 -d5s`` by default), then stop the server's whole process group.
+(status, body, whether a second request on the same connection is answered), then for each
+concurrency level (``--connections``, ``32,256`` by default) and mode (keep-alive, then
+``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a measured run
+(``wrk -t1 -cN -d5s --latency``), then stop the server's whole process group. The server's CPU
+time (its whole process group, from /proc) is read around each measured run.
 Reported req/s are the median over rounds of successful (non-error status) responses per second.
 wrk's non-2xx/3xx responses and socket errors (connect/read/write/timeout) are summed over the
 measured runs and shown in the table; a server that crashed, or whose log has a traceback, is
 flagged there too. A gearshift figure with errors fails its bar: a server that errors is not
 faster.
 
-Output: a Markdown table and PASS/FAIL per bar on stdout, the same table in
+Output: a Markdown table (req/s per mode and level), a latency table (p50/p99, CPU µs per
+request) and PASS/FAIL per bar and level on stdout, the same table in
 ``benchmarks/latest-http.md``, and ``benchmarks/results/http-<date>.json`` (every run, raw wrk
 output, versions, load average) and ``.png`` (bar chart). Server logs go to
 ``benchmarks/results/logs-<date>/``.
@@ -76,16 +80,19 @@ SETUP_HINT = (
 )
 
 MODES = ("keep-alive", "close")
-#: run order within a round: each gearshift strategy right next to the peer its bar compares it
-#: with, so the pair sees the same background load (the table keeps http_servers.SERVERS' order)
+#: wrk -c levels of the concurrency sweep; the first is the main table's and the plot's
+DEFAULT_CONNECTIONS = "32,256"
+#: run order within a round: each gearshift strategy right next to the peers its bars compare it
+#: with, so they see the same background load (the table keeps http_servers.SERVERS' order)
 RUN_ORDER = (
-    "gearshift-sync", "waitress", "gearshift-thread", "werkzeug-threaded", "gearshift-fork",
-    "werkzeug-processes", "gunicorn-sync", "gunicorn-gthread", "cheroot",
+    "gearshift-sync", "waitress", "gearshift-threadpool", "gunicorn-gthread-1x4", "gearshift-thread",
+    "werkzeug-threaded", "gearshift-fork", "werkzeug-processes", "gunicorn-sync", "gunicorn-gthread", "cheroot",
 )  # fmt: skip
-GEARSHIFT = ("gearshift-sync", "gearshift-thread", "gearshift-fork")
+GEARSHIFT = ("gearshift-sync", "gearshift-thread", "gearshift-fork", "gearshift-threadpool")
+THREADPOOL = ("gearshift-threadpool",)
 
-#: (label, numerator servers, denominator server, mode, threshold). A tuple of numerators means
-#: "the best of these (among those without errors)".
+#: (label, numerator servers, denominator server, mode, threshold), checked at every -c level.
+#: A tuple of numerators means "the best of these (among those without errors)".
 BARS: list[tuple[str, tuple[str, ...], str, str, float]] = [
     ("best gearshift keep-alive / waitress keep-alive", GEARSHIFT, "waitress", "keep-alive", 2.0),
     ("gearshift thread / werkzeug threaded, keep-alive",
@@ -94,15 +101,43 @@ BARS: list[tuple[str, tuple[str, ...], str, str, float]] = [
      ("gearshift-thread",), "werkzeug-threaded", "close", 2.5),
     ("gearshift fork / werkzeug processes, Connection: close",
      ("gearshift-fork",), "werkzeug-processes", "close", 3.0),
+    # issue 11: threadpool (threads=4) against the single-process threaded peers and sync
+    ("threadpool / waitress, keep-alive", THREADPOOL, "waitress", "keep-alive", 2.0),
+    ("threadpool / gunicorn gthread 1x4, keep-alive", THREADPOOL, "gunicorn-gthread-1x4", "keep-alive", 3.0),
+    ("threadpool / gearshift sync, keep-alive", THREADPOOL, "gearshift-sync", "keep-alive", 0.8),
+    ("threadpool / waitress, Connection: close", THREADPOOL, "waitress", "close", 1.5),
+    ("threadpool / gunicorn gthread 1x4, Connection: close", THREADPOOL, "gunicorn-gthread-1x4", "close", 2.0),
+    ("threadpool / gearshift sync, Connection: close", THREADPOOL, "gearshift-sync", "close", 0.6),
 ]
 
-#: ratio columns of the table: (header, denominator server, mode)
+#: ratio columns of the main table, at the first -c level: (header, denominator server, mode)
 RATIO_COLUMNS = [
     ("keep-alive ÷ waitress", "waitress", "keep-alive"),
-    ("keep-alive ÷ werkzeug-threaded", "werkzeug-threaded", "keep-alive"),
+    ("close ÷ waitress", "waitress", "close"),
+    ("keep-alive ÷ gunicorn-gthread-1x4", "gunicorn-gthread-1x4", "keep-alive"),
+    ("close ÷ gunicorn-gthread-1x4", "gunicorn-gthread-1x4", "close"),
     ("close ÷ werkzeug-threaded", "werkzeug-threaded", "close"),
     ("close ÷ werkzeug-processes", "werkzeug-processes", "close"),
 ]
+
+
+def case(mode: str, connections: int) -> str:
+    """The key of one measured configuration in the records: ``"close -c256"``."""
+    return f"{mode} -c{connections}"
+
+
+def cases(levels: list[int]) -> list[str]:
+    return [case(mode, c) for c in levels for mode in MODES]
+
+
+def parse_levels(text: str) -> list[int]:
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError(f"--connections: a comma list of positive integers, not {text!r}")
+    return levels
 
 # wrk reports its own exact counters through this done() hook, one JSON line on stdout.
 WRK_LUA = r"""
@@ -170,10 +205,11 @@ def probe(port: int) -> dict[str, Any]:
         conn.close()
 
 
-def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua: Path) -> dict[str, Any]:
+def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua: Path,
+            connections: int) -> dict[str, Any]:
     argv = [
-        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(duration))}s",
-        "--timeout", f"{args.timeout}s", "-s", str(lua),
+        args.wrk, f"-t{min(args.threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s",
+        "--timeout", f"{args.timeout}s", "--latency", "-s", str(lua),
     ]  # fmt: skip
     if mode == "close":
         argv += ["-H", "Connection: close"]
@@ -194,6 +230,30 @@ def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua
     out["rps"] = (stats["requests"] - stats["status"]) / seconds if seconds > 0 else 0.0
     out["errors"] = {k: stats[k] for k in ERROR_KINDS}
     return out
+
+
+def group_stats(pgid: int) -> list[list[str]]:
+    """``/proc/<pid>/stat`` of every process in the process group ``pgid`` (a server and its
+    workers or children), each split after the command name: index N is the man page's field N+3."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 21 and fields[2] == str(pgid):  # field 5: the process group
+            out.append(fields)
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) the server has used: every process of its group, with the
+    children they reaped (fork's) and the threads that ended (thread's)."""
+    ticks = sum(int(f) for fields in group_stats(pgid) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def scan_log(path: Path) -> list[str]:
@@ -268,14 +328,16 @@ def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: 
         if not rec["probe"]["ok"]:
             rec["failed"] = f"probe failed: {rec['probe']}"
             return rec
-        for mode in MODES:
+        for key, mode, connections in ((case(m, c), m, c) for c in args.levels for m in MODES):
             if args.warmup > 0:
-                warm = run_wrk(port, mode, args.warmup, args, lua)
-                rec.setdefault("warmup", {})[mode] = {k: warm.get(k) for k in ("rps", "errors", "failed")}
-            res = run_wrk(port, mode, args.duration, args, lua)
-            rec["modes"][mode] = res
+                warm = run_wrk(port, mode, args.warmup, args, lua, connections)
+                rec.setdefault("warmup", {})[key] = {k: warm.get(k) for k in ("rps", "errors", "failed")}
+            cpu_before = group_cpu_seconds(proc.pid)
+            run = rec["modes"][key] = run_wrk(port, mode, args.duration, args, lua, connections)
+            if run.get("requests"):
+                run["cpu_us_per_request"] = 1e6 * (group_cpu_seconds(proc.pid) - cpu_before) / run["requests"]
             if proc.poll() is not None:
-                rec["crashed"] = f"server exited with code {proc.returncode} during the {mode} run"
+                rec["crashed"] = f"server exited with code {proc.returncode} during the {key} run"
                 break
         rec["probe_after"] = probe(port) if "crashed" not in rec else {"ok": False}
     finally:
@@ -285,7 +347,7 @@ def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: 
     return rec
 
 
-def summarize(records: list[dict[str, Any]], names: list[str]) -> dict[str, dict[str, Any]]:
+def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for name in names:
         recs = [r for r in records if r["server"] == name]
@@ -299,19 +361,24 @@ def summarize(records: list[dict[str, Any]], names: list[str]) -> dict[str, dict
             if r.get("log_trouble"):
                 s["problems"].append(f"r{r['round']}: log: {r['log_trouble'][0][:120]}")
         s["keep_alive_honored"] = any(r.get("probe", {}).get("keep_alive") for r in recs)
-        for mode in MODES:
-            runs = [r["modes"][mode] for r in recs if mode in r["modes"]]
+        for key in keys:
+            runs = [r["modes"][key] for r in recs if key in r["modes"]]
             errors = {k: 0 for k in ERROR_KINDS}
             for run in runs:
                 if run.get("failed"):
-                    s["problems"].append(f"{mode}: {run['failed']}")
+                    s["problems"].append(f"{key}: {run['failed']}")
                 for k, v in run.get("errors", {}).items():
                     errors[k] += v
             ok_runs = [run for run in runs if not run.get("failed")]
-            s[mode] = {
+            # wrk records no latency for a response slower than --timeout (it counts a "timeout" error)
+            answered = [run for run in ok_runs if run["requests"] > run["timeout"]]
+            s[key] = {
                 "rps": statistics.median(run["rps"] for run in ok_runs) if ok_runs else None,
                 "rps_runs": [round(run["rps"], 1) for run in runs],
-                "p99_ms": statistics.median(run["p99_us"] / 1000 for run in ok_runs) if ok_runs else None,
+                "p50_ms": statistics.median(run["p50_us"] / 1000 for run in answered) if answered else None,
+                "p99_ms": statistics.median(run["p99_us"] / 1000 for run in answered) if answered else None,
+                "cpu_us": statistics.median(cpus) if (cpus := [run["cpu_us_per_request"] for run in ok_runs
+                                                                if "cpu_us_per_request" in run]) else None,
                 "errors": errors,
                 "n_errors": sum(errors.values()),
             }
@@ -345,11 +412,13 @@ def round_ratios(records: list[dict[str, Any]], nums: tuple[str, ...], den: str,
     return out
 
 
-def evaluate_bars(summary: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluate_bars(summary: dict[str, Any], records: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:
     out = []
-    for label, nums, den, mode, threshold in BARS:
+    for (label, nums, den, bar_mode, threshold), connections in ((b, c) for c in levels for b in BARS):
+        mode = case(bar_mode, connections)
         present = [n for n in nums if n in summary and summary[n][mode]["rps"] is not None]
-        row: dict[str, Any] = {"bar": label, "threshold": threshold, "mode": mode, "denominator": den}
+        row: dict[str, Any] = {"bar": label, "threshold": threshold, "mode": mode, "connections": connections,
+                               "denominator": den}
         if not present or den not in summary or summary[den][mode]["rps"] is None:
             row.update(verdict="SKIP", why="not measured in this run")
             out.append(row)
@@ -372,13 +441,13 @@ def evaluate_bars(summary: dict[str, Any], records: list[dict[str, Any]]) -> lis
     return out
 
 
-def fmt_errors(s: dict[str, Any]) -> str:
+def fmt_errors(s: dict[str, Any], keys: list[str]) -> str:
     parts = []
-    for mode in MODES:
-        errs = s[mode]["errors"]
+    for key in keys:
+        errs = s[key]["errors"]
         bad = [f"{k} {v}" for k, v in errs.items() if v]
         if bad:
-            parts.append(f"{'ka' if mode == 'keep-alive' else 'close'}: {', '.join(bad)}")
+            parts.append(f"{key.replace('keep-alive', 'ka')}: {', '.join(bad)}")
     for p in s["problems"]:
         parts.append(p.replace("|", "/"))
     return "; ".join(parts) if parts else "0"
@@ -386,34 +455,68 @@ def fmt_errors(s: dict[str, Any]) -> str:
 
 def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     a = meta["args"]
+    levels = meta_levels(meta)
+    keys = cases(levels)
+    first = levels[0]
     lines = [
-        (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{a['connections']} -d{a['duration']:g}s`, "
-        f"{a['rounds']} round(s), median; {meta['cpus']} CPUs, load average {meta['loadavg_start']} at start, "
-        f"{meta['loadavg_end']} at end. Only same-run ratios mean anything."),
+        (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{','.join(map(str, levels))} "
+         f"-d{a['duration']:g}s`, {a['rounds']} round(s), median; {meta['cpus']} CPUs, load average "
+         f"{meta['loadavg_start']} at start, {meta['loadavg_end']} at end. Only same-run ratios mean anything; "
+         f"the ratio columns are at -c{first}."),
         "",
-        "| server | keep-alive req/s | close req/s | errors | " + " | ".join(h for h, _, _ in RATIO_COLUMNS) + " |",
-        "|---|---:|---:|---|" + "---:|" * len(RATIO_COLUMNS),
-    ]
+        "| server | " + " | ".join(f"{k} req/s" for k in keys) + " | errors | "
+        + " | ".join(h for h, _, _ in RATIO_COLUMNS) + " |",
+        "|---|" + "---:|" * len(keys) + "---|" + "---:|" * len(RATIO_COLUMNS),
+    ]  # fmt: skip
     for name, s in summary.items():
         cells = [name]
-        for mode in MODES:
-            rps = s[mode]["rps"]
+        for key in keys:
+            rps = s[key]["rps"]
             cell = f"{rps:,.0f}" if rps is not None else "—"
-            if mode == "keep-alive" and rps is not None and not s["keep_alive_honored"]:
+            if key.startswith("keep-alive") and rps is not None and not s["keep_alive_honored"]:
                 cell += " ¹"
             cells.append(cell)
-        cells.append(fmt_errors(s))
+        cells.append(fmt_errors(s, keys))
         for _, den, mode in RATIO_COLUMNS:
-            r = ratio(summary, name, den, mode)
+            r = ratio(summary, name, den, case(mode, first))
             cells.append(f"{r:.2f}x" if r is not None else "—")
         lines.append("| " + " | ".join(cells) + " |")
     if any(not s["keep_alive_honored"] for s in summary.values()):
         lines += ["", "¹ closes the connection after every response even when the client asks for keep-alive."]
-    lines += ["", "Bars (same-run ratios):", ""]
-    for b in bars:
-        best = f" [{b['numerator']}]" if b.get("numerator") and b["bar"].startswith("best") else ""
-        lines.append(f"- {b['verdict']}: {b['bar']}{best} >= {b['threshold']:g}x — {b['why']}")
+    lines += ["", "Latency p50 / p99 in ms (wrk's), and the server's CPU time per request in µs (all its "
+              "processes and threads, from /proc; steadier than req/s on a loaded machine), medians over rounds:",
+              "", "| server | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name, s in summary.items():
+        cells = [name]
+        for key in keys:
+            p50, p99, cpu = s[key].get("p50_ms"), s[key].get("p99_ms"), s[key].get("cpu_us")
+            cell = f"{p50:.1f} / {p99:.1f}" if p50 is not None and p99 is not None else "—"
+            cells.append(cell + (f", {cpu:,.0f} µs" if cpu is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Bars (same-run ratios):"]
+    for connections in levels:
+        lines += ["", f"`-c{connections}`:", ""]
+        for b in bars:
+            if b.get("connections", first) != connections:
+                continue
+            best = f" [{b['numerator']}]" if b.get("numerator") and b["bar"].startswith("best") else ""
+            lines.append(f"- {b['verdict']}: {b['bar']}{best} >= {b['threshold']:g}x — {b['why']}")
     return "\n".join(lines) + "\n"
+
+
+def meta_levels(meta: dict[str, Any]) -> list[int]:
+    """The -c levels of a run (a results file from before the sweep has one, ``connections``)."""
+    a = meta["args"]
+    return list(a["levels"]) if "levels" in a else [int(a["connections"])]
+
+
+def upgrade_records(records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Key an older results file's runs by case (it keyed them by mode at one -c level)."""
+    if "levels" in meta["args"]:
+        return
+    connections = int(meta["args"]["connections"])
+    for r in records:
+        r["modes"] = {case(k, connections) if k in MODES else k: v for k, v in r.get("modes", {}).items()}
 
 
 def plot(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
@@ -423,28 +526,32 @@ def plot(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names) + 2), 4.8))
+    levels = meta_levels(meta)
+    a = meta["args"]
+    fig, axes = plt.subplots(len(levels), 1, figsize=(max(7, 1.1 * len(names) + 2), 4.8 * len(levels)),
+                             squeeze=False)  # fmt: skip
     width = 0.38
     colors = {"keep-alive": ("#1f77b4", "#9ecae1"), "close": ("#d62728", "#fcae91")}
-    for i, mode in enumerate(MODES):
-        xs = [j + (i - 0.5) * width for j in range(len(names))]
-        vals = [summary[n][mode]["rps"] or 0 for n in names]
-        cols = [colors[mode][0] if n.startswith("gearshift") else colors[mode][1] for n in names]
-        bars = ax.bar(xs, vals, width, color=cols, label=mode, edgecolor="black", linewidth=0.4)
-        for bar, n in zip(bars, names, strict=True):
-            label = f"{bar.get_height():,.0f}"
-            if summary[n][mode]["n_errors"]:
-                label += "\n(errors)"
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("requests / s (median)")
-    a = meta["args"]
-    ax.set_title(f"hello-world WSGI, wrk -t{a['threads']} -c{a['connections']} -d{a['duration']:g}s, "
-                 f"{a['rounds']} rounds — {meta['date']}\n(same-run ratios only; {meta['cpus']} shared cores)",
-                 fontsize=9)
-    ax.legend(title="gearshift: dark", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
+    for ax, connections in zip(axes[:, 0], levels, strict=True):
+        for i, mode in enumerate(MODES):
+            key = case(mode, connections)
+            xs = [j + (i - 0.5) * width for j in range(len(names))]
+            vals = [summary[n][key]["rps"] or 0 for n in names]
+            cols = [colors[mode][0] if n.startswith("gearshift") else colors[mode][1] for n in names]
+            bars = ax.bar(xs, vals, width, color=cols, label=mode, edgecolor="black", linewidth=0.4)
+            for bar, n in zip(bars, names, strict=True):
+                label = f"{bar.get_height():,.0f}"
+                if summary[n][key]["n_errors"]:
+                    label += "\n(errors)"
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel("requests / s (median)")
+        ax.set_title(f"hello-world WSGI, wrk -t{a['threads']} -c{connections} -d{a['duration']:g}s, "
+                     f"{a['rounds']} rounds — {meta['date']}\n(same-run ratios only; {meta['cpus']} shared cores)",
+                     fontsize=9)  # fmt: skip
+        ax.legend(title="gearshift: dark", fontsize=8, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -473,9 +580,14 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
         "cpus": os.cpu_count(), "loadavg_start": loadavg(), "versions": versions(),
     }  # fmt: skip
     records: list[dict[str, Any]] = []
-    est = len(names) * args.rounds * (len(MODES) * (args.duration + args.warmup) + 2)
+    est = len(names) * args.rounds * (len(cases(args.levels)) * (args.duration + args.warmup) + 2)
     print(f"bench_http: {len(names)} servers x {args.rounds} rounds, about {est / 60:.1f} min; logs in {logdir}",
           file=sys.stderr)  # fmt: skip
+    busy = os.getloadavg()[0]
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(f"note: load average {busy:.2f} before the run: other work shares the CPUs, and a strategy that "
+              "hands each request between threads loses far more req/s to it than one that does not (see "
+              "benchmarks/README.md); compare the CPU µs per request too", file=sys.stderr)  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(WRK_LUA)
         lua = Path(f.name)
@@ -495,8 +607,8 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
     finally:
         lua.unlink(missing_ok=True)
     meta["loadavg_end"] = loadavg()
-    summary = summarize(records, [n for n in http_servers.SERVERS if n in names])
-    bars = evaluate_bars(summary, records)
+    summary = summarize(records, [n for n in http_servers.SERVERS if n in names], cases(args.levels))
+    bars = evaluate_bars(summary, records, args.levels)
     md = markdown(summary, bars, meta)
     print(md)
     json_path = RESULTS / f"http-{stamp}.json"
@@ -580,7 +692,7 @@ def run_profile(args: argparse.Namespace) -> int:
         wait_for_port(port, proc)
         print(f"probe: {probe(port)}", file=sys.stderr)
         mode = args.profile_mode
-        res = run_wrk(port, mode, args.duration, args, lua)
+        res = run_wrk(port, mode, args.duration, args, lua, args.levels[0])
         errors = res.get("errors")
         print(f"{name} under {args.profiler}, {mode}: {res['rps']:,.0f} req/s, errors {errors}"
               f"{'  wrk FAILED: ' + res['failed'] if res.get('failed') else ''}")  # fmt: skip
@@ -624,7 +736,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=SETUP_HINT,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--duration", type=float, default=5, help="seconds per measured wrk run (default 5)")
-    p.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    p.add_argument("--connections", default=DEFAULT_CONNECTIONS,
+                   help=f"wrk -c, a comma list: the concurrency sweep (default {DEFAULT_CONNECTIONS}; the first "
+                        "level is the main table's and --profile's)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all servers; median (default 2)")
     p.add_argument("--warmup", type=float, default=1, help="warm-up seconds per server and mode (default 1)")
@@ -642,13 +756,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-mode", choices=MODES, default="keep-alive")
     p.add_argument("--profile-top", type=int, default=15)
     args = p.parse_args(argv)
+    try:
+        args.levels = parse_levels(str(args.connections))
+    except argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
 
     if args.report:
         data = json.loads(Path(args.report).read_text())
         records, meta = data["runs"], data["meta"]
+        upgrade_records(records, meta)
+        levels = meta_levels(meta)
         ran = [n for n in http_servers.SERVERS if any(r["server"] == n for r in records)]
-        summary = summarize(records, ran)
-        print(markdown(summary, evaluate_bars(summary, records), meta), end="")
+        summary = summarize(records, ran, cases(levels))
+        print(markdown(summary, evaluate_bars(summary, records, levels), meta), end="")
         return 0
     baseline: list[str] = []
     if args.baseline:

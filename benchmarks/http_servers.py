@@ -18,11 +18,14 @@ name                  configuration
 gearshift-sync        ``gearshift.make_server(host, port, app, strategy="sync")``, 1 process
 gearshift-thread      ``strategy="thread"``, 1 process
 gearshift-fork        ``strategy="fork", max_children=40``, 1 process
+gearshift-threadpool  ``strategy="threadpool", threads=4``, 1 process
 waitress              ``waitress.create_server(app, host, port)`` (default ``threads=4``)
 werkzeug-threaded     ``werkzeug.serving.run_simple(host, port, app, threaded=True)``
 werkzeug-processes    ``run_simple(host, port, app, processes=40)``
 gunicorn-sync         ``python -m gunicorn -w 2 -k sync hello_app:app``
 gunicorn-gthread      ``python -m gunicorn -w 2 -k gthread --threads 4 hello_app:app``
+gunicorn-gthread-1x4  ``python -m gunicorn -w 1 -k gthread --threads 4 hello_app:app``: one process,
+                      as many threads as waitress and gearshift-threadpool
 cheroot               ``cheroot.wsgi.Server((host, port), app)`` (default ``numthreads=10``)
 fork-floor            a reference, not a WSGI server: gearshift ``Server(..., strategy="fork",
                       max_children=40)`` whose handler reads the request head line by line and
@@ -30,6 +33,9 @@ fork-floor            a reference, not a WSGI server: gearshift ``Server(..., st
                       environ, no application: what one fork per connection costs by itself,
                       so no fork-per-connection WSGI server can beat it on this machine
 ====================  ==========================================================================
+
+Every recipe serves ``hello_app:app`` unless given another ``module:callable`` of this folder
+(``bench_slow.py`` serves ``slow_app:app``); the entry point takes it as a third argument.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ from subprocess import Popen
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
+DEFAULT_APP = "hello_app:app"
+#: threads of the fixed-pool servers (waitress' default): gearshift-threadpool and gunicorn-gthread*
+POOL_THREADS = 4
 
 # ---------------------------------------------------------------------------------------------
 # In-process runners (used by this file's entry point, inside the server subprocess)
@@ -66,11 +75,19 @@ def _quiet_logging() -> None:
     logging.disable(logging.CRITICAL)  # no banners, no access logs, no queue-depth warnings
 
 
-def _app():  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(HERE))
-    from hello_app import app
+_APP_SPEC = DEFAULT_APP  # set by main() from the command line
 
-    return app
+
+def _app():  # type: ignore[no-untyped-def]
+    import importlib
+
+    sys.path.insert(0, str(HERE))
+    module, _, name = _APP_SPEC.partition(":")
+    return getattr(importlib.import_module(module), name or "app")
+
+
+#: each strategy's options in the benchmark (the defaults otherwise)
+GEARSHIFT_OPTIONS: dict[str, dict[str, int]] = {"fork": {"max_children": 40}, "threadpool": {"threads": POOL_THREADS}}
 
 
 def run_gearshift(strategy: str, port: int) -> None:
@@ -79,8 +96,7 @@ def run_gearshift(strategy: str, port: int) -> None:
     make_server = getattr(gearshift, "make_server", None)
     if make_server is None:  # the top-level export may lag behind the http package
         from gearshift.http import make_server
-    options = {"max_children": 40} if strategy == "fork" else {}
-    server = make_server(HOST, port, _app(), strategy=strategy, **options)
+    server = make_server(HOST, port, _app(), strategy=strategy, **GEARSHIFT_OPTIONS.get(strategy, {}))
     try:
         server.serve_forever()
     finally:
@@ -91,7 +107,7 @@ def run_gearshift(strategy: str, port: int) -> None:
 def run_waitress(port: int) -> None:
     import waitress
 
-    server = waitress.create_server(_app(), host=HOST, port=port)  # threads=4 by default
+    server = waitress.create_server(_app(), host=HOST, port=port, threads=POOL_THREADS)  # its default
     try:
         server.run()
     finally:
@@ -145,6 +161,7 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "gearshift-sync": lambda port: run_gearshift("sync", port),
     "gearshift-thread": lambda port: run_gearshift("thread", port),
     "gearshift-fork": lambda port: run_gearshift("fork", port),
+    "gearshift-threadpool": lambda port: run_gearshift("threadpool", port),
     "waitress": run_waitress,
     "werkzeug-threaded": lambda port: run_werkzeug(port, threaded=True),
     "werkzeug-processes": lambda port: run_werkzeug(port, processes=40),
@@ -175,23 +192,29 @@ def _popen(argv: Sequence[str], log_path: Path | None, env: dict[str, str] | Non
 
 
 def _entry(name: str, port: int, log_path: Path | None, python_args: Sequence[str] = (),
-           env: dict[str, str] | None = None) -> subprocess.Popen:
-    return _popen([sys.executable, *python_args, str(Path(__file__).resolve()), name, str(port)], log_path, env)
+           env: dict[str, str] | None = None, app: str = DEFAULT_APP) -> subprocess.Popen:
+    argv = [sys.executable, *python_args, str(Path(__file__).resolve()), name, str(port)]
+    if app != DEFAULT_APP:
+        argv.append(app)
+    return _popen(argv, log_path, env)
 
 
 def add_baseline(src: Path) -> list[str]:
-    """Register ``baseline-sync``, ``baseline-thread`` and ``baseline-fork``: the same gearshift
+    """Register ``baseline-sync``, ``-thread``, ``-fork`` and ``-threadpool``: the same gearshift
     servers, importing gearshift from ``src`` (the ``src/`` folder of a checkout of another
     commit) instead of the installed one, so that a change is measured against the commit
-    before it in one run, with the same background load. Returns the new names."""
+    before it in one run, with the same background load (a strategy that commit lacks gets no
+    twin). Returns the new names."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")]))}
     names = []
-    for strategy in ("sync", "thread", "fork"):
+    for strategy in ("sync", "thread", "fork", "threadpool"):
+        if not (src / "gearshift" / "strategies" / f"{strategy}.py").is_file():
+            continue  # a commit from before that strategy
         name = f"baseline-{strategy}"
 
         def start(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
-                  _runner: str = f"gearshift-{strategy}") -> subprocess.Popen:
-            return _entry(_runner, port, log_path, python_args, env)
+                  app: str = DEFAULT_APP, _runner: str = f"gearshift-{strategy}") -> subprocess.Popen:
+            return _entry(_runner, port, log_path, python_args, env, app)
 
         SERVERS[name] = start
         REQUIRES[name] = "gearshift"
@@ -199,57 +222,79 @@ def add_baseline(src: Path) -> list[str]:
     return names
 
 
-def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("gearshift-sync", port, log_path, python_args)
+def start_gearshift_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                        app: str = DEFAULT_APP) -> Popen:
+    return _entry("gearshift-sync", port, log_path, python_args, app=app)
 
 
-def start_gearshift_thread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("gearshift-thread", port, log_path, python_args)
+def start_gearshift_thread(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                          app: str = DEFAULT_APP) -> Popen:
+    return _entry("gearshift-thread", port, log_path, python_args, app=app)
 
 
-def start_gearshift_fork(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("gearshift-fork", port, log_path, python_args)
+def start_gearshift_fork(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                        app: str = DEFAULT_APP) -> Popen:
+    return _entry("gearshift-fork", port, log_path, python_args, app=app)
 
 
-def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("waitress", port, log_path, python_args)
+def start_gearshift_threadpool(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                               app: str = DEFAULT_APP) -> Popen:
+    return _entry("gearshift-threadpool", port, log_path, python_args, app=app)
 
 
-def start_werkzeug_threaded(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("werkzeug-threaded", port, log_path, python_args)
+def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                  app: str = DEFAULT_APP) -> Popen:
+    return _entry("waitress", port, log_path, python_args, app=app)
 
 
-def start_werkzeug_processes(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("werkzeug-processes", port, log_path, python_args)
+def start_werkzeug_threaded(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                           app: str = DEFAULT_APP) -> Popen:
+    return _entry("werkzeug-threaded", port, log_path, python_args, app=app)
 
 
-def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("cheroot", port, log_path, python_args)
+def start_werkzeug_processes(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                            app: str = DEFAULT_APP) -> Popen:
+    return _entry("werkzeug-processes", port, log_path, python_args, app=app)
 
 
-def start_fork_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _entry("fork-floor", port, log_path, python_args)
+def start_cheroot(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                 app: str = DEFAULT_APP) -> Popen:
+    return _entry("cheroot", port, log_path, python_args, app=app)
 
 
-def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str]) -> subprocess.Popen:
+def start_fork_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                    app: str = DEFAULT_APP) -> Popen:
+    return _entry("fork-floor", port, log_path, python_args, app=app)
+
+
+def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str], workers: int = 2,
+              app: str = DEFAULT_APP) -> subprocess.Popen:
     argv = [
         sys.executable, "-m", "gunicorn",
         "--bind", f"{HOST}:{port}",
-        "--workers", "2",
+        "--workers", str(workers),
         *worker_args,
         "--chdir", str(HERE),
         "--log-level", "error",  # access log is off unless --access-logfile is given
-        "hello_app:app",
+        app,
     ]  # fmt: skip
     return _popen(argv, log_path)
 
 
-def start_gunicorn_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _gunicorn(port, log_path, ["--worker-class", "sync"])
+def start_gunicorn_sync(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                        app: str = DEFAULT_APP) -> Popen:
+    return _gunicorn(port, log_path, ["--worker-class", "sync"], app=app)
 
 
-def start_gunicorn_gthread(port: int, log_path: Path | None = None, python_args: Sequence[str] = ()) -> Popen:
-    return _gunicorn(port, log_path, ["--worker-class", "gthread", "--threads", "4"])
+def start_gunicorn_gthread(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                           app: str = DEFAULT_APP) -> Popen:
+    return _gunicorn(port, log_path, ["--worker-class", "gthread", "--threads", str(POOL_THREADS)], app=app)
+
+
+def start_gunicorn_gthread_1x4(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                               app: str = DEFAULT_APP) -> Popen:
+    return _gunicorn(port, log_path, ["--worker-class", "gthread", "--threads", str(POOL_THREADS)], workers=1,
+                     app=app)
 
 
 #: name -> launch recipe, in the order the benchmark runs them.
@@ -257,11 +302,13 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gearshift-sync": start_gearshift_sync,
     "gearshift-thread": start_gearshift_thread,
     "gearshift-fork": start_gearshift_fork,
+    "gearshift-threadpool": start_gearshift_threadpool,
     "waitress": start_waitress,
     "werkzeug-threaded": start_werkzeug_threaded,
     "werkzeug-processes": start_werkzeug_processes,
     "gunicorn-sync": start_gunicorn_sync,
     "gunicorn-gthread": start_gunicorn_gthread,
+    "gunicorn-gthread-1x4": start_gunicorn_gthread_1x4,
     "cheroot": start_cheroot,
     "fork-floor": start_fork_floor,
 }
@@ -271,11 +318,13 @@ REQUIRES: dict[str, str] = {
     "gearshift-sync": "gearshift",
     "gearshift-thread": "gearshift",
     "gearshift-fork": "gearshift",
+    "gearshift-threadpool": "gearshift",
     "waitress": "waitress",
     "werkzeug-threaded": "werkzeug",
     "werkzeug-processes": "werkzeug",
     "gunicorn-sync": "gunicorn",
     "gunicorn-gthread": "gunicorn",
+    "gunicorn-gthread-1x4": "gunicorn",
     "cheroot": "cheroot",
     "fork-floor": "gearshift",
 }
@@ -301,10 +350,13 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in RUNNERS:
-        print(f"usage: http_servers.py {{{','.join(RUNNERS)}}} PORT", file=sys.stderr)
+    global _APP_SPEC
+    if len(argv) not in (2, 3) or argv[0] not in RUNNERS:
+        print(f"usage: http_servers.py {{{','.join(RUNNERS)}}} PORT [MODULE:APP]", file=sys.stderr)
         print("(gunicorn-* are started by bench_http.py through `python -m gunicorn`)", file=sys.stderr)
         return 2
+    if len(argv) == 3:
+        _APP_SPEC = argv[2]
     _quiet_logging()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
