@@ -32,6 +32,13 @@ fork-floor            a reference, not a WSGI server: gearshift ``Server(..., st
                       writes a fixed ``Hello, World!`` response, then closes. No HTTP parser, no
                       environ, no application: what one fork per connection costs by itself,
                       so no fork-per-connection WSGI server can beat it on this machine
+loop-floor            a reference: one thread, an epoll loop, a fixed ``Hello, World!`` response
+                      to every request head (keep-alive, or close when asked); no parser, no
+                      environ, no application: the most an in-loop server (``sync``) can do here
+handoff-floor         a reference: the same, but the loop hands each readable connection to one
+                      of 4 threads (a ``SimpleQueue``), which reads, answers and re-arms it in
+                      epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a thread pool, so
+                      ``handoff-floor`` / ``loop-floor`` bounds what ``threadpool`` / ``sync`` can reach
 ====================  ==========================================================================
 
 Every recipe serves ``hello_app:app`` unless given another ``module:callable`` of this folder
@@ -44,6 +51,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -157,6 +165,98 @@ def run_fork_floor(port: int) -> None:
             server.server_close()
 
 
+def _floor_response(close: bool) -> bytes:
+    sys.path.insert(0, str(HERE))
+    from hello_app import BODY
+
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n%s\r\n%s"
+            % (len(BODY), b"Connection: close\r\n" if close else b"", BODY))
+
+
+def _floor_answer(conn: socket.socket, keep: bytes, close: bytes) -> bool:
+    """Read one request head (assumed whole in one recv, as wrk sends it) and answer it; False
+    when the connection is done."""
+    try:
+        data = conn.recv(65536)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    if not data:
+        return False
+    closing = b"onnection: close" in data
+    try:
+        conn.send(close if closing else keep)
+    except OSError:
+        return False
+    return not closing
+
+
+def run_loop_floor(port: int) -> None:
+    import select
+
+    keep, close = _floor_response(False), _floor_response(True)
+    listener = socket.create_server((HOST, port), backlog=1024)
+    listener.setblocking(False)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    conns: dict[int, socket.socket] = {}
+    while True:
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                conns[conn.fileno()] = conn
+                poller.register(conn.fileno(), select.EPOLLIN)
+            elif not _floor_answer(conns[fd], keep, close):
+                poller.unregister(fd)
+                conns.pop(fd).close()
+
+
+def run_handoff_floor(port: int) -> None:
+    import queue
+    import select
+    import threading
+
+    keep, close = _floor_response(False), _floor_response(True)
+    listener = socket.create_server((HOST, port), backlog=1024)
+    listener.setblocking(False)
+    poller = select.epoll()
+    poller.register(listener.fileno(), select.EPOLLIN)
+    conns: dict[int, socket.socket] = {}
+    ready: queue.SimpleQueue[int] = queue.SimpleQueue()
+    once = select.EPOLLIN | select.EPOLLONESHOT
+
+    def work() -> None:
+        while True:
+            fd = ready.get()
+            conn = conns[fd]
+            if _floor_answer(conn, keep, close):
+                poller.modify(fd, once)  # re-armed from this thread: no wake-up of the loop
+            else:
+                poller.unregister(fd)
+                conns.pop(fd)
+                conn.close()
+
+    for _ in range(POOL_THREADS):
+        threading.Thread(target=work, daemon=True).start()
+    while True:
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                conns[conn.fileno()] = conn
+                poller.register(conn.fileno(), once)
+            else:
+                ready.put(fd)
+
+
 RUNNERS: dict[str, Callable[[int], None]] = {
     "gearshift-sync": lambda port: run_gearshift("sync", port),
     "gearshift-thread": lambda port: run_gearshift("thread", port),
@@ -167,6 +267,8 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "werkzeug-processes": lambda port: run_werkzeug(port, processes=40),
     "cheroot": run_cheroot,
     "fork-floor": run_fork_floor,
+    "loop-floor": run_loop_floor,
+    "handoff-floor": run_handoff_floor,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -267,6 +369,16 @@ def start_fork_floor(port: int, log_path: Path | None = None, python_args: Seque
     return _entry("fork-floor", port, log_path, python_args, app=app)
 
 
+def start_loop_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                     app: str = DEFAULT_APP) -> Popen:
+    return _entry("loop-floor", port, log_path, python_args, app=app)
+
+
+def start_handoff_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                        app: str = DEFAULT_APP) -> Popen:
+    return _entry("handoff-floor", port, log_path, python_args, app=app)
+
+
 def _gunicorn(port: int, log_path: Path | None, worker_args: Sequence[str], workers: int = 2,
               app: str = DEFAULT_APP) -> subprocess.Popen:
     argv = [
@@ -311,6 +423,8 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gunicorn-gthread-1x4": start_gunicorn_gthread_1x4,
     "cheroot": start_cheroot,
     "fork-floor": start_fork_floor,
+    "loop-floor": start_loop_floor,
+    "handoff-floor": start_handoff_floor,
 }
 
 #: the Python packages each server needs (for the setup check in bench_http.py)
@@ -327,6 +441,8 @@ REQUIRES: dict[str, str] = {
     "gunicorn-gthread-1x4": "gunicorn",
     "cheroot": "cheroot",
     "fork-floor": "gearshift",
+    "loop-floor": "gearshift",
+    "handoff-floor": "gearshift",
 }
 
 
