@@ -57,6 +57,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
@@ -192,25 +193,36 @@ def _floor_answer(conn: socket.socket, keep: bytes, close: bytes) -> bool:
     return not closing
 
 
-def run_loop_floor(port: int) -> None:
+def _floor_listener(port: int) -> tuple[socket.socket, Any]:
     import select
 
-    keep, close = _floor_response(False), _floor_response(True)
     listener = socket.create_server((HOST, port), backlog=1024)
     listener.setblocking(False)
     poller = select.epoll()
     poller.register(listener.fileno(), select.EPOLLIN)
+    return listener, poller
+
+
+def _floor_accept(listener: socket.socket, poller: Any, conns: dict[int, socket.socket], events: int) -> None:
+    try:
+        conn, _ = listener.accept()
+    except BlockingIOError:
+        return
+    conn.setblocking(False)
+    conns[conn.fileno()] = conn
+    poller.register(conn.fileno(), events)
+
+
+def run_loop_floor(port: int) -> None:
+    import select
+
+    keep, close = _floor_response(False), _floor_response(True)
+    listener, poller = _floor_listener(port)
     conns: dict[int, socket.socket] = {}
     while True:
         for fd, _ in poller.poll():
             if fd == listener.fileno():
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                conn.setblocking(False)
-                conns[conn.fileno()] = conn
-                poller.register(conn.fileno(), select.EPOLLIN)
+                _floor_accept(listener, poller, conns, select.EPOLLIN)
             elif not _floor_answer(conns[fd], keep, close):
                 poller.unregister(fd)
                 conns.pop(fd).close()
@@ -222,10 +234,7 @@ def run_handoff_floor(port: int) -> None:
     import threading
 
     keep, close = _floor_response(False), _floor_response(True)
-    listener = socket.create_server((HOST, port), backlog=1024)
-    listener.setblocking(False)
-    poller = select.epoll()
-    poller.register(listener.fileno(), select.EPOLLIN)
+    listener, poller = _floor_listener(port)
     conns: dict[int, socket.socket] = {}
     ready: queue.SimpleQueue[int] = queue.SimpleQueue()
     once = select.EPOLLIN | select.EPOLLONESHOT
@@ -246,13 +255,7 @@ def run_handoff_floor(port: int) -> None:
     while True:
         for fd, _ in poller.poll():
             if fd == listener.fileno():
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                conn.setblocking(False)
-                conns[conn.fileno()] = conn
-                poller.register(conn.fileno(), once)
+                _floor_accept(listener, poller, conns, once)
             else:
                 ready.put(fd)
 

@@ -140,6 +140,20 @@ class LineHandler(socketserver.StreamRequestHandler):
 # -- /proc inspection of a process's children ----------------------------------------------------
 
 
+def open_files_in(directory: Path) -> list[str]:
+    """This process's open descriptors on files in ``directory``: unnamed temporary files too,
+    whose descriptors still point into the directory they were made in."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory) + "/"):
+            found.append(target)
+    return found
+
+
 def proc_children(pid: int) -> list[int]:
     """Every child (running or zombie) of every task of process ``pid``, from /proc."""
     children: list[int] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import HANG_GUARD, serve, wait_for
+from core_helpers import HANG_GUARD, open_files_in, serve, wait_for
 
 from gearshift import make_server
 from gearshift.http.wsgi import FileWrapper
@@ -54,21 +54,9 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     spool.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(spool))
     yield spool
-    assert wait_for(lambda: not spool_files(spool)), "temporary files left open"
+    assert wait_for(lambda: not open_files_in(spool)), "temporary files left open"
     assert list(spool.iterdir()) == []
 
-
-def spool_files(spool: Path) -> list[str]:
-    """This process's open descriptors on files in ``spool`` (unnamed ones included)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(spool)):
-            found.append(target)
-    return found
 
 
 @pytest.fixture
@@ -150,7 +138,7 @@ def test_fifty_slow_readers_do_not_hold_the_two_threads(spool_dir: Path, big_fil
         try:
             # Every response was handed to the loop: no thread waits for its client.
             assert wait_for(lambda: server.pending_writes == 50), f"{server.pending_writes} handed off"
-            assert spool_files(spool_dir)  # beyond send_buffer, in temporary files
+            assert open_files_in(spool_dir)  # beyond send_buffer, in temporary files
             with SlowClient(port, get("/small")) as normal:  # it reads at once
                 response, body = normal.response()
                 assert (response.status, body) == (200, b"ok\n")
@@ -177,7 +165,7 @@ def test_a_file_response_is_left_to_the_loop_without_a_copy(spool_dir: Path, big
     server = threadpool_server(big_file)
     with serve(server), SlowClient(server.server_address[1], get("/file")) as client:
         assert wait_for(lambda: server.pending_writes == 1)
-        assert spool_files(spool_dir) == []  # a range of the file itself, not a temporary copy
+        assert open_files_in(spool_dir) == []  # a range of the file itself, not a temporary copy
         response, body = client.response()
         assert response.getheader("Content-Length") == str(len(BIG))
         assert hashlib.sha256(body).hexdigest() == DIGEST
@@ -231,7 +219,7 @@ def test_a_client_that_stops_reading_is_closed_and_its_temporary_file_freed(
     with serve(server), SlowClient(server.server_address[1], get("/big")) as client:
         assert wait_for(lambda: server.pending_writes == 1)
         assert wait_for(lambda: server.pending_writes == 0)
-        assert wait_for(lambda: not spool_files(spool_dir))
+        assert wait_for(lambda: not open_files_in(spool_dir))
         assert len(client.read_to_end()) < len(BIG)
 
 

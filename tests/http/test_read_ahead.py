@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from client import read_until_closed, serving, status_of, wait_until
+from core_helpers import open_files_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,19 +97,6 @@ def echo_app(calls: Calls):  # type: ignore[no-untyped-def]
     return app
 
 
-def spool_fds(directory: Path) -> list[str]:
-    """This process's open descriptors on files in ``directory`` (a TemporaryFile has no name,
-    but its descriptor still points into the directory it was made in)."""
-    found = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(str(directory) + "/"):
-            found.append(target)
-    return found
-
 
 @pytest.fixture
 def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -116,7 +104,7 @@ def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     yield directory
-    assert wait_until(lambda: not spool_fds(directory), PROMPT), spool_fds(directory)
+    assert wait_until(lambda: not open_files_in(directory), PROMPT), open_files_in(directory)
     assert not list(directory.iterdir())
 
 
@@ -373,7 +361,7 @@ def test_the_temporary_file_goes_when_the_app_fails(spool_dir: Path) -> None:
         head, body = post("/fail", b"q" * (IN_MEMORY * 5))
         sock.sendall(head + body)
         assert status_of(read_until_closed(sock)) == 500
-        assert wait_until(lambda: not spool_fds(spool_dir), PROMPT)
+        assert wait_until(lambda: not open_files_in(spool_dir), PROMPT)
     assert calls.inputs == [SpooledInput]
 
 
@@ -383,8 +371,8 @@ def test_the_temporary_file_goes_when_the_client_leaves_mid_body(spool_dir: Path
         with connect(server) as sock:
             head, body = post("/", b"q" * (IN_MEMORY * 5))
             sock.sendall(head + body[: IN_MEMORY * 2])
-            assert wait_until(lambda: spool_fds(spool_dir), PROMPT)
-        assert wait_until(lambda: not spool_fds(spool_dir), PROMPT)
+            assert wait_until(lambda: open_files_in(spool_dir), PROMPT)
+        assert wait_until(lambda: not open_files_in(spool_dir), PROMPT)
         assert not server.spooling
     assert not calls.inputs
 
@@ -394,10 +382,10 @@ def test_the_temporary_file_goes_when_the_server_closes_mid_body(spool_dir: Path
     with threadpool(calls) as server, connect(server) as sock:
         head, body = post("/", b"q" * (IN_MEMORY * 5))
         sock.sendall(head + body[: IN_MEMORY * 2])
-        assert wait_until(lambda: spool_fds(spool_dir), PROMPT)
+        assert wait_until(lambda: open_files_in(spool_dir), PROMPT)
         server.shutdown()
         server.server_close()
-        assert not spool_fds(spool_dir)
+        assert not open_files_in(spool_dir)
         assert read_until_closed(sock) == b""
     assert not calls.inputs
 
@@ -495,4 +483,4 @@ def test_any_body_in_any_segments_arrives_whole(
         response = read_until_closed(sock)
     assert status_of(response) == 200
     assert body_of(response) == hashlib.sha256(body).hexdigest().encode()
-    assert wait_until(lambda: not spool_fds(directory), PROMPT)
+    assert wait_until(lambda: not open_files_in(directory), PROMPT)
