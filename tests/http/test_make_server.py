@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import shutil
 import socket
-import ssl
-import subprocess
 import threading
 
 import pytest
 from apps import app
-from client import Client, serving, wait_until
+from client import Client, serving, tls_contexts, wait_until
 
 import gearshift
 
@@ -117,14 +115,7 @@ def test_fd_adopts_a_bound_listening_socket():
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_https(tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context(cafile=str(cert))
-    client_context.check_hostname = False
+    context, client_context = tls_contexts(tmp_path)
     with gearshift.make_server("127.0.0.1", 0, app, strategy="sync", ssl_context=context) as server, serving(server):
         port = server.server_address[1]
         idle = socket.create_connection(("127.0.0.1", port))  # a client that never handshakes

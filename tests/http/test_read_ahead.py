@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client import read_until_closed, serving, status_of, wait_until
+from client import read_until_closed, serving, status_of, tls_contexts, wait_until
 from core_helpers import open_files_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -404,14 +403,7 @@ def test_a_chunked_body_past_max_body_size_is_refused_before_the_app_runs(spool_
 def test_an_upload_over_tls_is_read_ahead_whole(spool_dir: Path, tmp_path: Path) -> None:
     """TLS records are decrypted a record per read: a body of many records takes several turns of
     the loop, bytes the socket already decrypted included."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context(cafile=str(cert))
-    client_context.check_hostname = False
+    context, client_context = tls_contexts(tmp_path)
     calls = Calls()
     body = os.urandom(2_000_000)
     with threadpool(calls, ssl_context=context) as server, connect(server) as raw, \
