@@ -485,11 +485,11 @@ class Server:
         output = self._outputs.get(request)
         if output is not None and not output.closed:
             return output
+        memory, limit = _check_size("memory", memory), _check_size("limit", limit)
+        timeout, min_rate = _check_timeout(timeout), _check_seconds("min_rate", min_rate)
         loop = self._loop
         if loop is None or not self.can_write_behind(request):
             return None
-        memory, limit = _check_size("memory", memory), _check_size("limit", limit)
-        timeout, min_rate = _check_timeout(timeout), _check_seconds("min_rate", min_rate)
         output = Output(request, client_address, loop, memory=memory, limit=limit, timeout=timeout,
                         min_rate=min_rate)
         self._outputs[request] = output
