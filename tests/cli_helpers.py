@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -318,6 +319,26 @@ def connection_refused(address: tuple[str, int], within: float = 3.0) -> bool:
             pass
         time.sleep(0.05)
     return False
+
+
+def socket_activation_command(listen_fds: int = 1) -> list[str]:
+    """Like systemd: the sockets at fds 3.., LISTEN_FDS, and LISTEN_PID set to the server's own pid."""
+    code = textwrap.dedent(f"""
+        import fcntl, os, sys
+        fds = [int(fd) for fd in sys.argv[1].split(",")]
+        # out of the way first (above 100), in case one of them already is 3 or 4
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+        for index, fd in enumerate(moved):
+            os.dup2(fd, 3 + index)
+            os.close(fd)
+        for fd in fds:
+            if fd >= 3 + len(fds):
+                os.close(fd)
+        os.environ["LISTEN_FDS"] = "{listen_fds}"
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.execv(sys.executable, [sys.executable, "-m", "gearshift", *sys.argv[2:]])
+    """)
+    return [sys.executable, "-c", code]
 
 
 def write_module(directory: Path, name: str, source: str) -> Path:

@@ -34,6 +34,7 @@ from cli_helpers import (
     port_is_free,
     request,
     run_gearshift,
+    socket_activation_command,
     write_dist_info,
     write_module,
 )
@@ -1149,32 +1150,12 @@ def test_example_strategy_serves_a_burst_newest_first(monkeypatch: pytest.Monkey
         gearshift.Server(("127.0.0.1", 0), Handler, strategy=ReversedStrategy, log_every=-1)
 
 
-def _socket_activation_command(listen_fds: int = 1) -> list[str]:
-    """Like systemd: the sockets at fds 3.., LISTEN_FDS, and LISTEN_PID set to the server's own pid."""
-    code = textwrap.dedent(f"""
-        import fcntl, os, sys
-        fds = [int(fd) for fd in sys.argv[1].split(",")]
-        # out of the way first (above 100), in case one of them already is 3 or 4
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
-        for index, fd in enumerate(moved):
-            os.dup2(fd, 3 + index)
-            os.close(fd)
-        for fd in fds:
-            if fd >= 3 + len(fds):
-                os.close(fd)
-        os.environ["LISTEN_FDS"] = "{listen_fds}"
-        os.environ["LISTEN_PID"] = str(os.getpid())
-        os.execv(sys.executable, [sys.executable, "-m", "gearshift", *sys.argv[2:]])
-    """)
-    return [sys.executable, "-c", code]
-
-
 def test_systemd_socket_activation(app_dir: Path) -> None:
     first, second = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
     try:
         fds = [first.fileno(), second.fileno()]
         args = [",".join(map(str, fds)), "goodapp:env_app", "-s", "thread"]
-        with GearshiftProcess(args, command=_socket_activation_command(2), cwd=app_dir, pass_fds=fds) as server:
+        with GearshiftProcess(args, command=socket_activation_command(2), cwd=app_dir, pass_fds=fds) as server:
             urls = server.wait_ready(2)
             ports = [first.getsockname()[1], second.getsockname()[1]]
             assert urls == [f"http://127.0.0.1:{port}" for port in ports]
