@@ -52,7 +52,7 @@ SLOW_CLIENTS = 2
 SLOW_PATH = "/slow?seconds=0.3"
 #: Requests every upstream must have answered (through nginx) before it is restarted, and that
 #: its replacement must answer before the next step: each restart happens under real load.
-SERVED_BEFORE_NEXT = 20
+SERVED_BEFORE_NEXT = 50
 #: Bounds that only turn a hang into a failure.
 START_TIMEOUT = 15.0
 STEP_TIMEOUT = 20.0

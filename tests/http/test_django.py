@@ -120,3 +120,26 @@ def test_curl_100_continue_uploads(server, tmp_path):
         "name": "report", "filename": "upload.bin", "size": len(content), "sha256": sha256(content)}
     # A view that never reads the body: curl gets the answer, and no broken pipe.
     assert curl(*sent, f"{url}/ignore") == {"ignored": True}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_fresh_project_admin_login_page(strategy):
+    """The page benchmarks/bench_django.py measures: the admin login of a fresh startproject
+    (``fresh_settings``: the admin, sessions, CSRF and messages middleware, templates), served
+    twice on one connection, the second time by a process that has done its first request."""
+    proc = ServerProcess(strategy, {}, app="django_project.fresh_wsgi:application")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=30)
+        try:
+            for _ in range(2):
+                conn.request("GET", "/admin/login/")
+                response = conn.getresponse()
+                page = response.read()
+                assert response.status == 200, page[:500]
+                assert b'name="csrfmiddlewaretoken"' in page and b'name="password"' in page
+                assert "csrftoken=" in (response.getheader("Set-Cookie") or "")
+        finally:
+            conn.close()
+    finally:
+        log = proc.stop()
+    assert "Traceback" not in log, log
