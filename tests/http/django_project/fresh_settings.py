@@ -1,12 +1,13 @@
-"""Settings of a fresh ``django-admin startproject``: its apps, middleware and
-templates, and the admin at ``/admin/`` (``fresh_urls``). ``benchmarks/bench_django.py`` measures its
+"""Settings of a fresh ``django-admin startproject``: its apps, middleware and templates, and
+the admin at ``/admin/`` (``fresh_urls``). ``benchmarks/bench_django.py`` measures its
 ``/admin/login/`` page, the first page a new project shows; ``tests/http/test_django.py``
 checks that it serves.
 
-Apart from the test project's own settings (``settings.py``, which has no middleware, so that
-its POST views need no CSRF token) so that neither changes the other. Two departures from
-``startproject``, both for serving rather than developing: ``DEBUG`` is off, and the database
-is an in-memory SQLite one (the login page reads nothing from it, so no migration is needed).
+A module apart from the test project's own settings (``settings.py``, which has no middleware,
+so that its POST views need no CSRF token), so that neither changes the other. Two departures
+from ``startproject``, both for serving rather than developing: ``DEBUG`` is off, and the
+database is an in-memory SQLite one (the login page reads nothing from it, so no migration is
+needed).
 """
 
 SECRET_KEY = "gearshift-tests-only-not-secret"
