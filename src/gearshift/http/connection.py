@@ -146,6 +146,8 @@ class Connection:
         self.served = 0
         self.deferred_error: HTTPError | None = None
         self._timeout: float | None = -1.0  # unknown: force the first settimeout()
+        # Did the last read empty the socket's receive buffer (it returned less than it asked)?
+        self._drained = False
         config = self.config
         self._body_pace = _Pace(config.body_timeout, config.min_body_rate)
         self._send_pace = _Pace(config.send_timeout, config.min_send_rate)
@@ -164,12 +166,13 @@ class Connection:
     def run(self) -> None:
         """Serve requests until the connection closes or goes back to the loop."""
         parser = self.parser
+        responded = False
         try:
             while True:
                 if not parser.requests:
                     if self.deferred_error is not None:
                         raise self.deferred_error
-                    if self._read(blocking=False):
+                    if (not responded or self._may_have_more()) and self._read(blocking=False):
                         continue
                     if self._park() or not self._wait_readable():
                         return
@@ -182,6 +185,7 @@ class Connection:
                 if not Exchange(self, request).run():
                     return
                 self.served += 1
+                responded = True
         except HTTPError as exc:
             self.reject(exc)
         except _Timeout as exc:
@@ -263,6 +267,7 @@ class Connection:
         if not data:
             parser.feed_eof()  # raises HTTPError(400) when a request was cut short
             raise _PeerClosed
+        self._drained = len(data) < READ_SIZE
         if self.head_deadline is None:
             # The head's deadline runs from its first byte (or from the connection becoming
             # readable for it) to its end, across every wait: a client sending a byte now and
@@ -270,6 +275,15 @@ class Connection:
             self.head_deadline = time.monotonic() + self.config.head_timeout
         self._feed(data)
         return True
+
+    def _may_have_more(self) -> bool:
+        """After a response: might the next request be waiting in the socket already? Only if
+        the last read filled its buffer (so stopped short of what had arrived), or TLS holds
+        decrypted bytes the selector cannot see. A client that waits for each response has
+        sent nothing more yet: reading anyway costs a system call that finds nothing (and, in
+        a worker thread, a turn of the GIL to another thread). A request pipelined later makes
+        the connection readable where it waits next, so nothing is missed."""
+        return not self._drained or _pending(self.sock)
 
     def _feed(self, data: bytes) -> None:
         """Feed the parser. An error in a later pipelined request must not cost the requests
@@ -549,11 +563,13 @@ class ReadAheadConnection(Connection):
 
     # -- in the loop (and in the worker, between requests) -------------------------------------
 
-    def read_ahead(self) -> bool:
+    def read_ahead(self, responded: bool = False) -> bool:
         """Read what has arrived, without ever blocking. True: a worker can take over now (a
         request is ready, or an error is to be answered). False: not yet, and the connection was
         handed back to the loop (:meth:`gearshift.Server.resume_when_readable`), or it is to be
-        closed (the client left or was too slow, or the server is closing)."""
+        closed (the client left or was too slow, or the server is closing). ``responded``: the
+        worker calls it after a response, when reading is worth it only if more may have arrived
+        (:meth:`Connection._may_have_more`)."""
         if self._waiting_since is not None:
             self._body_pace.waited += time.monotonic() - self._waiting_since
             self._waiting_since = None
@@ -567,6 +583,8 @@ class ReadAheadConnection(Connection):
                     self._buffer_body(pending[0])
                 if self._ready():
                     return True
+                if responded and not reads and not self._may_have_more():
+                    return self._wait()
                 if reads == READ_AHEAD_READS and not _pending(self.sock):
                     return self._wait()
                 if not self._read(blocking=False):
@@ -683,7 +701,9 @@ class ReadAheadConnection(Connection):
 
     def _serve_ready(self) -> None:
         parser = self.parser
-        while self.read_ahead():
+        responded = False
+        while self.read_ahead(responded):
+            responded = True
             pending = parser.requests
             if not (pending and self._servable(pending[0])):
                 # Ready for an error: answer it (the requests before it were served above).
