@@ -460,7 +460,8 @@ def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str
     first = levels[0]
     lines = [
         (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{','.join(map(str, levels))} "
-         f"-d{a['duration']:g}s`, {a['rounds']} round(s), median; {meta['cpus']} CPUs, load average "
+         f"-d{a['duration']:g}s`, {a['rounds']} round(s), median; {meta['cpus']} CPUs"
+         f"{', servers pinned to the last CPU and wrk to the others' if a.get('pin') else ''}, load average "
          f"{meta['loadavg_start']} at start, {meta['loadavg_end']} at end. Only same-run ratios mean anything; "
          f"the ratio columns are at -c{first}."),
         "",
@@ -747,6 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-latest", action="store_true", help=f"don't overwrite {LATEST_MD.name}")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="path to wrk")
+    p.add_argument("--pin", action="store_true",
+                   help="run every server on the last CPU and wrk on the others, so that the kernel does not "
+                        "move a server's threads between cores (fair to one-process servers only; see "
+                        "benchmarks/README.md, 'Threads on one core')")
     p.add_argument("--baseline", metavar="DIR", type=Path,
                    help="also run baseline-sync/-thread/-fork: gearshift imported from DIR/src (a checkout of "
                         "another commit, e.g. `git worktree add /tmp/base HEAD~1`), each right after its twin")
@@ -787,6 +792,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.profiler == "pyinstrument" and importlib.util.find_spec("pyinstrument") is None:
         p.error("pyinstrument is not installed in this interpreter")
 
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            p.error(f"--pin needs two CPUs or more; this process may use {len(cpus)}")
+        http_servers.SERVER_CPUS = {cpus[-1]}
+        os.sched_setaffinity(0, cpus[:-1])  # this script and wrk, which inherits it
     compile_gearshift()  # as pip does for every peer: see bytecode.py
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # every way out stops the servers
         signal.signal(sig, _on_signal)

@@ -61,6 +61,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
+#: CPUs the servers run on (bench_http.py --pin); None: wherever the kernel puts them
+SERVER_CPUS: set[int] | None = None
 DEFAULT_APP = "hello_app:app"
 #: threads of the fixed-pool servers (waitress' default): gearshift-threadpool and gunicorn-gthread*
 POOL_THREADS = 4
@@ -290,10 +292,16 @@ def _popen(argv: Sequence[str], log_path: Path | None, env: dict[str, str] | Non
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: stop() kills workers/children too
+            preexec_fn=_pin if SERVER_CPUS else None,
         )
     finally:
         if log is not subprocess.DEVNULL:
             log.close()
+
+
+def _pin() -> None:
+    assert SERVER_CPUS is not None
+    os.sched_setaffinity(0, SERVER_CPUS)  # inherited by the server's threads and children
 
 
 def _entry(name: str, port: int, log_path: Path | None, python_args: Sequence[str] = (),

@@ -566,6 +566,86 @@ def test_idle_connection_without_timeout_stays_open_and_is_closed_by_server_clos
         assert client.recv(100) == b""
 
 
+class HoldingHandler(socketserver.BaseRequestHandler):
+    """Answers a line; after ``hold`` it keeps the connection until ``release`` is set, then
+    gives it back to the loop: bytes the client sends meanwhile arrive while a handler holds a
+    connection the loop resumed (and that stays registered in its selector)."""
+
+    holding: threading.Event
+    release: threading.Event
+
+    def handle(self):
+        line = read_line(self.request)
+        if not line:
+            return
+        self.request.sendall(line.strip() + b" ok\n")
+        if line.startswith(b"hold"):
+            type(self).holding.set()
+            assert type(self).release.wait(HANG_GUARD)
+        assert self.server.resume_when_readable(self.request, self.client_address)
+
+
+class TurnCounting(gearshift.Server):
+    """Counts the loop's turns (service_actions runs once per turn)."""
+
+    turns = 0
+    spinning: threading.Event
+
+    def service_actions(self):
+        super().service_actions()
+        self.turns += 1
+        if self.turns > 50:
+            self.spinning.set()
+
+
+def _holding_server(strategy):
+    handler = type("Holding", (HoldingHandler,), {"holding": threading.Event(), "release": threading.Event()})
+    server = TurnCounting(LOCALHOST, handler, strategy=strategy)
+    server.spinning = threading.Event()
+    return server, handler
+
+
+@pytest.mark.parametrize("strategy", ["thread", "threadpool"])
+@pytest.mark.parametrize("then", ["send", "close"])
+def test_bytes_arriving_while_a_handler_holds_a_resumed_connection(strategy, then):
+    # The loop leaves a resumed connection registered while its handler runs (so handing it
+    # back costs no system call); bytes or an EOF arriving meanwhile must neither spin the loop
+    # (level-triggered readiness) nor be lost when the handler hands the connection back.
+    server, handler = _holding_server(strategy)
+    with serve(server, poll_interval=HANG_GUARD), connect(server.server_address) as client:
+        client.sendall(b"first\n")
+        assert read_line(client) == b"first ok\n"
+        client.sendall(b"hold\n")  # read by a handler of the resumed connection
+        assert read_line(client) == b"hold ok\n"
+        assert handler.holding.wait(HANG_GUARD)
+        if then == "send":
+            client.sendall(b"next\n")
+        else:
+            client.shutdown(socket.SHUT_WR)
+        # A spinning loop makes its 50 turns within milliseconds; an idle one makes none.
+        assert not server.spinning.wait(0.5), f"the loop spun: {server.turns} turns"
+        handler.release.set()
+        if then == "send":
+            assert read_line(client) == b"next ok\n"
+        else:
+            assert client.recv(100) == b""  # the handler read the EOF and closed
+
+
+@pytest.mark.parametrize("strategy", IN_PROCESS_STRATEGIES + ["threadpool"])
+def test_descriptors_of_closed_resumed_connections_are_reused_safely(strategy):
+    # A connection closed by its handler after the loop resumed it must leave the selector
+    # first: a new connection gets the same descriptor number, and must be watched afresh.
+    server = gearshift.Server(LOCALHOST, StatefulHandler, strategy=strategy)
+    with serve(server):
+        for _ in range(20):
+            with connect(server.server_address) as client:
+                assert read_line_after(client, b"a\n") == b"a\n"
+                assert read_line_after(client, b"b\n") == b"a b\n"  # resumed by the loop
+            # closed by the client: the handler of the resumed connection reads EOF and closes
+        with connect(server.server_address) as client:
+            assert read_line_after(client, b"c\n") == b"c\n"
+
+
 def test_wait_readable_ends_on_bytes_timeout_or_closing():
     # What a handler that keeps an idle connection itself (a forked child's) waits with.
     server = gearshift.Server(LOCALHOST, LineHandler)

@@ -282,12 +282,12 @@ class Server:
             self._leave_loop()
 
     def _run_turn(self, loop: _LoopState, wait: float | None, *, one: bool = False) -> bool:
-        """One turn of the loop: park the connections handed back, wait at most ``wait`` seconds
+        """One turn of the loop: watch the outputs handed off, wait at most ``wait`` seconds
         for readiness, accept from ready listeners and resume ready connections, then expire
         idle ones. With ``one``, at most one connection is processed (``handle_request``).
         Returns whether a connection was processed."""
         run = self._run
-        loop.park_queued()
+        loop.watch_queued()
         events = loop.selector.select(loop.next_wait(wait))
         processed = False
         for key, _ in events:
@@ -298,9 +298,10 @@ class Server:
             if data.__class__ is _Listening:
                 processed = self._accept(data, 1 if one else ACCEPT_BATCH) > 0 or processed
             elif data.__class__ is _Resume:
-                loop.unpark(data)
-                self._process(data.request, data.client_address)
-                processed = True
+                resume = loop.take(key)
+                if resume is not None:
+                    self._process(resume.request, resume.client_address)
+                    processed = True
             elif data is _WAKER:
                 loop.waker.drain()
             else:
@@ -524,9 +525,7 @@ class Server:
             del self._outputs[request]
         after, failed = output.after, output.error is not None
         output.close()
-        if not failed and isinstance(after, _Resume) and not self.closing:
-            loop.park(after, None if after.idle_timeout is None else time.monotonic() + after.idle_timeout)
-        else:
+        if failed or not isinstance(after, _Resume) or not loop.hand_back(after, self):
             self._close_connection(request)
 
     def _drain_outputs(self, outputs: list[Output], deadline: float | None) -> None:
@@ -606,7 +605,7 @@ class Server:
         if resume is not None and resume.wanted:
             resume.wanted = False  # the next handler asks again if it wants to
             loop = self._loop
-            if loop is not None and loop.queue(resume, self):
+            if loop is not None and loop.hand_back(resume, self):
                 return
         self._close_connection(request)
 
@@ -620,6 +619,9 @@ class Server:
         self.close_request(request)
 
     def close_request(self, request: Socket) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.forget(request)
         if self._resuming:
             self._resuming.pop(request, None)  # its state goes with it
         if self._outputs:
@@ -912,6 +914,14 @@ class _Resume:
         self.parked = False
 
 
+#: Selectors whose wait sees what other threads register while it waits (the kernel keeps the
+#: interest list), so that a connection handed back from a handler's thread needs no wake-up.
+_SHARED_INTEREST = tuple(
+    getattr(selectors, name) for name in ("EpollSelector", "KqueueSelector", "DevpollSelector")
+    if hasattr(selectors, name)
+)
+
+
 class _LoopState:
     """What one process's loop owns: its selector, its wake-up socket, the connections handed
     back to it (from any thread) and those parked in it until readable or idle too long, and
@@ -921,10 +931,18 @@ class _LoopState:
         self.selector = selectors.DefaultSelector()
         self.waker = Waker()
         self.selector.register(self.waker, selectors.EVENT_READ, _WAKER)
-        # Handed back by handlers in other threads (connections to park, outputs to watch);
-        # taken by the loop on its next turn.
-        self._queued: deque[_Resume | Output] = deque()
-        self._queue_lock = threading.Lock()
+        self.sees_new_interest = isinstance(self.selector, _SHARED_INTEREST)
+        #: When the loop's current (or next) wait ends at the latest; set by next_wait().
+        self.wakes_at = math.inf
+        # Outputs handed off by handlers in other threads, watched by the loop on its next turn.
+        self._queued: deque[Output] = deque()
+        # Connections registered for reading: parked, or held by a handler since the loop
+        # resumed them (see take()). Kept here because the selector's own look-up of a socket
+        # it does not hold formats the socket's repr (two system calls) for its KeyError.
+        self._reading: set[Socket] = set()
+        # Guards what handlers' threads change as well as the loop: _queued, pumping, and the
+        # connections' registrations (the selector's keys, _parked, _deadlines).
+        self._lock = threading.Lock()
         self._deadlines: list[tuple[float, int, _Resume]] = []
         self._order = itertools.count()
         self._parked: set[_Resume] = set()
@@ -941,7 +959,7 @@ class _LoopState:
 
     def hand_off(self, output: Output) -> bool:
         """From a handler's thread: have the loop write ``output``; False if it is not writing."""
-        with self._queue_lock:
+        with self._lock:
             if not self.pumping:
                 return False
             was_empty = not self._queued
@@ -951,7 +969,7 @@ class _LoopState:
         return True
 
     def start_pumping(self) -> None:
-        with self._queue_lock:
+        with self._lock:
             self.pumping = True
             orphans, self._orphans = self._orphans, []
         for output in orphans:
@@ -960,13 +978,12 @@ class _LoopState:
     def stop_pumping(self) -> list[Output]:
         """The loop stops writing for handlers: those still running write for themselves from
         now on. Returns (and keeps, for the next start) the outputs whose handler finished."""
-        with self._queue_lock:
+        with self._lock:
             self.pumping = False
             if not self._queued and not self._watched and not self._orphans:
                 return []  # the usual case, and handle_request() stops the loop every call
-            outputs = [item for item in self._queued if item.__class__ is Output]
-            if outputs:
-                self._queued = deque(item for item in self._queued if item.__class__ is not Output)
+            outputs = list(self._queued)
+            self._queued.clear()
         outputs += self._watched
         for output in list(self._watched):
             self.unwatch(output)
@@ -977,10 +994,16 @@ class _LoopState:
     def watch(self, output: Output) -> None:
         if output.closed:
             return
-        try:
-            self.selector.register(output.sock, selectors.EVENT_WRITE, output)
-        except (ValueError, OSError):  # closed meanwhile
-            return
+        sock = output.sock
+        with self._lock:
+            try:
+                if sock in self._reading:  # still registered while its handler ran (see take())
+                    self._reading.discard(sock)
+                    self.selector.modify(sock, selectors.EVENT_WRITE, output)
+                else:
+                    self.selector.register(sock, selectors.EVENT_WRITE, output)
+            except (KeyError, ValueError, OSError):  # closed meanwhile
+                return
         self._watched.add(output)
         output.start_wait(time.monotonic())
         self.push_deadline(output)
@@ -988,7 +1011,7 @@ class _LoopState:
     def unwatch(self, output: Output) -> None:
         if output in self._watched:
             self._watched.discard(output)
-            with contextlib.suppress(KeyError, ValueError, OSError):
+            with self._lock, contextlib.suppress(KeyError, ValueError, OSError):
                 self.selector.unregister(output.sock)
 
     def push_deadline(self, output: Output) -> None:
@@ -1004,87 +1027,139 @@ class _LoopState:
                 expired.append(output)
         return expired
 
-    def queue(self, resume: _Resume, server: Server) -> bool:
-        """Queue ``resume`` for the loop; False if the server is closing (then close it)."""
-        with self._queue_lock:
+    # -- connections waiting for their next bytes --------------------------------------------
+    #
+    # A connection the loop resumes stays registered in the selector while its handler runs,
+    # and a handler that hands it back only updates its key (no system call, no wake-up): a
+    # keep-alive request costs the selector nothing, whichever thread served it. Should bytes
+    # arrive while the handler still holds it (a pipelined request, the client closing), the
+    # loop stops watching it (take()), so level-triggered readiness does not spin the loop,
+    # and hand_back() registers it again. A connection that closes is unregistered first
+    # (forget()): the selector must not keep a key for a descriptor that may be reused.
+
+    def hand_back(self, resume: _Resume, server: Server) -> bool:
+        """From any thread: watch ``resume``'s connection until readable or idle too long;
+        False if the server is closing (the caller closes it)."""
+        deadline = None if resume.idle_timeout is None else time.monotonic() + resume.idle_timeout
+        with self._lock:
             if server.closing:
                 return False
-            was_empty = not self._queued
-            self._queued.append(resume)
-        if was_empty and threading.get_ident() != server._run.loop_thread:
+            sock = resume.request
+            try:
+                if sock in self._reading:
+                    self.selector.modify(sock, selectors.EVENT_READ, resume)
+                    seen = True  # registered all along: any wait sees it
+                else:
+                    self.selector.register(sock, selectors.EVENT_READ, resume)
+                    self._reading.add(sock)
+                    seen = self.sees_new_interest
+            except (KeyError, ValueError, OSError):  # closed by the handler after all
+                self._reading.discard(sock)
+                sock.close()
+                return True
+            resume.deadline = deadline
+            resume.parked = True
+            self._parked.add(resume)
+            if deadline is not None:
+                heapq.heappush(self._deadlines, (deadline, next(self._order), resume))
+            # The loop's wait would miss it: a selector reading its interest list once per
+            # wait, or an idle deadline before the wait ends.
+            wake = threading.get_ident() != server._run.loop_thread and (
+                not seen or (deadline is not None and deadline < self.wakes_at)
+            )
+        if wake:
             self.waker.wake()
         return True
 
-    def park_queued(self) -> None:
+    def take(self, key: selectors.SelectorKey) -> _Resume | None:
+        """In the loop: the connection of ``key`` is readable. Returns its resume for the loop
+        to process if it is parked; None if a handler holds it (then stop watching it) or it
+        was unregistered after the selector reported it."""
+        with self._lock:
+            try:
+                current = self.selector.get_key(key.fd)
+            except KeyError:
+                return None
+            resume = current.data
+            if current.fileobj is not key.fileobj or resume.__class__ is not _Resume:
+                return None  # the descriptor is another connection's now, or being written
+            if not resume.parked:
+                self._reading.discard(current.fileobj)
+                self.selector.unregister(current.fileobj)
+                return None
+            resume.parked = False
+            self._parked.discard(resume)
+            return resume
+
+    def forget(self, sock: Socket) -> None:
+        """Before ``sock`` closes, from the thread that holds it: stop watching it."""
+        if sock not in self._reading:  # the usual case; no other thread adds it
+            return
+        with self._lock:
+            if sock in self._reading:
+                self._reading.discard(sock)
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self.selector.unregister(sock)
+
+    def watch_queued(self) -> None:
+        """In the loop: watch the outputs handed off since its last turn."""
         if not self._queued:
             return
-        with self._queue_lock:
+        with self._lock:
             queued = list(self._queued)
             self._queued.clear()
-        now = time.monotonic()
-        for item in queued:
-            if isinstance(item, _Resume):
-                self.park(item, None if item.idle_timeout is None else now + item.idle_timeout)
-            else:
-                self.watch(item)
+        for output in queued:
+            self.watch(output)
 
-    def park(self, resume: _Resume, deadline: float | None) -> None:
-        try:
-            self.selector.register(resume.request, selectors.EVENT_READ, resume)
-        except (ValueError, OSError):  # closed by the handler after all: nothing to watch
-            resume.request.close()
-            return
-        resume.deadline = deadline
-        resume.parked = True
-        self._parked.add(resume)
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, next(self._order), resume))
-
-    def unpark(self, resume: _Resume) -> None:
+    def _unpark(self, resume: _Resume) -> None:
+        """Stop watching a parked connection; the caller holds ``_lock``."""
         resume.parked = False
         self._parked.discard(resume)
-        self.selector.unregister(resume.request)
+        self._reading.discard(resume.request)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.selector.unregister(resume.request)
 
     def next_wait(self, limit: float | None) -> float | None:
         """How long select() may block: ``limit``, or less if an idle deadline comes sooner."""
-        heap = self._deadlines
-        while heap and not heap[0][2].parked:
-            heapq.heappop(heap)
-        outputs = self.output_deadlines
-        if not heap and not outputs:
-            return limit
-        first = min(heap[0][0] if heap else math.inf, outputs[0][0] if outputs else math.inf)
-        until = max(0.0, first - time.monotonic())
-        return until if limit is None else min(limit, until)
+        now = time.monotonic()
+        with self._lock:
+            heap = self._deadlines
+            while heap and not heap[0][2].parked:
+                heapq.heappop(heap)
+            outputs = self.output_deadlines
+            first = min(heap[0][0] if heap else math.inf, outputs[0][0] if outputs else math.inf)
+            if limit is not None:
+                first = min(first, now + limit)
+            self.wakes_at = first
+        return None if first == math.inf else max(0.0, first - now)
 
     def expired(self, now: float) -> list[_Resume]:
-        heap = self._deadlines
         expired = []
-        while heap and (heap[0][0] <= now or not heap[0][2].parked):
-            _, _, resume = heapq.heappop(heap)
-            if resume.parked:
-                self.unpark(resume)
-                expired.append(resume)
+        with self._lock:
+            heap = self._deadlines
+            while heap and (heap[0][0] <= now or not heap[0][2].parked):
+                _, _, resume = heapq.heappop(heap)
+                if resume.parked:
+                    self._unpark(resume)
+                    expired.append(resume)
         return expired
 
     def close_all(self, server: Server) -> list[_Resume]:
         """For server_close(): set ``server.closing`` (no hand-back is queued after it), and
         take every connection queued or parked, for the server to close."""
-        with self._queue_lock:
+        with self._lock:
             server.closing = True
-            idle = [item for item in self._queued if item.__class__ is _Resume]
-            self._queued = deque(item for item in self._queued if item.__class__ is not _Resume)
-        for resume in list(self._parked):
-            self.unpark(resume)
-            idle.append(resume)
-        self._deadlines.clear()
+            idle = list(self._parked)
+            for resume in idle:
+                self._unpark(resume)
+            self._deadlines.clear()
         return idle
 
     def abandon(self) -> list[_Resume]:
         """For after_fork(): close this copy of the loop without touching what the parent's
         shares (no unregistering from the epoll set, which the parent's is too), and return
         the connections it held, whose copies the child must close."""
-        idle = [item for item in [*self._queued, *self._parked] if item.__class__ is _Resume]
+        idle = list(self._parked)
         self.selector.close()
         self.waker.close()
         return idle
