@@ -646,6 +646,46 @@ def test_descriptors_of_closed_resumed_connections_are_reused_safely(strategy):
             assert read_line_after(client, b"c\n") == b"c\n"
 
 
+class PeekingHandler(socketserver.BaseRequestHandler):
+    """Notes whether its resumed connection had bytes to read when the handler started, then
+    answers one line and gives the connection back to the loop."""
+
+    dispatched_empty = 0
+
+    def handle(self):
+        # Only a resumed connection (one the loop found readable) carries state; a new one is
+        # dispatched when accepted, before its client need have sent anything.
+        if self.server.resumed_state(self.request) is not None:
+            try:
+                self.request.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                type(self).dispatched_empty += 1
+        line = read_line(self.request)
+        if line:
+            self.request.sendall(b"got " + line)
+            self.server.resume_when_readable(self.request, self.client_address, state="resumed")
+
+
+@pytest.mark.parametrize("strategy", ["thread", "threadpool"])
+def test_a_resumed_connection_is_dispatched_only_with_bytes_to_read(strategy):
+    # Readiness the selector reports for a connection while a handler still holds it (its
+    # request not read yet) must not dispatch it again once that handler has handed it back.
+    handler = type("Peeking", (PeekingHandler,), {"dispatched_empty": 0})
+    server = gearshift.Server(LOCALHOST, handler, strategy=strategy)
+    with serve(server):
+        clients = [connect(server.server_address) for _ in range(10)]
+        try:
+            for round_ in range(30):
+                for i, client in enumerate(clients):
+                    client.sendall(f"{round_}-{i}\n".encode())
+                for i, client in enumerate(clients):
+                    assert read_line(client) == f"got {round_}-{i}\n".encode()
+        finally:
+            for client in clients:
+                client.close()
+    assert handler.dispatched_empty == 0
+
+
 def test_wait_readable_ends_on_bytes_timeout_or_closing():
     # What a handler that keeps an idle connection itself (a forked child's) waits with.
     server = gearshift.Server(LOCALHOST, LineHandler)

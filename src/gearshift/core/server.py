@@ -901,7 +901,7 @@ class _Resume:
     """A connection a handler asked the loop to resume, with its state: the selector data
     while it waits for its next bytes."""
 
-    __slots__ = ("client_address", "deadline", "idle_timeout", "parked", "request", "state", "wanted")
+    __slots__ = ("client_address", "deadline", "idle_timeout", "parked", "request", "state", "turn", "wanted")
 
     def __init__(self, request: Socket, client_address: Address, idle_timeout: float | None, state: object) -> None:
         self.request = request
@@ -912,6 +912,8 @@ class _Resume:
         self.wanted = True
         self.deadline: float | None = None
         self.parked = False
+        #: The loop's turn when it was handed back (see _LoopState.take).
+        self.turn = 0
 
 
 #: Selectors whose wait sees what other threads register while it waits (the kernel keeps the
@@ -934,6 +936,8 @@ class _LoopState:
         self.sees_new_interest = isinstance(self.selector, _SHARED_INTEREST)
         #: When the loop's current (or next) wait ends at the latest; set by next_wait().
         self.wakes_at = math.inf
+        #: Counts the loop's waits; set by next_wait(), just before each.
+        self.turn = 0
         # Outputs handed off by handlers in other threads, watched by the loop on its next turn.
         self._queued: deque[Output] = deque()
         # Connections registered for reading: parked, or held by a handler since the loop
@@ -1059,6 +1063,7 @@ class _LoopState:
                 return True
             resume.deadline = deadline
             resume.parked = True
+            resume.turn = self.turn
             self._parked.add(resume)
             if deadline is not None:
                 heapq.heappush(self._deadlines, (deadline, next(self._order), resume))
@@ -1073,8 +1078,13 @@ class _LoopState:
 
     def take(self, key: selectors.SelectorKey) -> _Resume | None:
         """In the loop: the connection of ``key`` is readable. Returns its resume for the loop
-        to process if it is parked; None if a handler holds it (then stop watching it) or it
-        was unregistered after the selector reported it."""
+        to process if it is parked; None if a handler holds it (then stop watching it), if it
+        was unregistered after the selector reported it, or if it was handed back during this
+        turn's wait. Then the readiness may be older than the hand-back: bytes that arrived
+        while the handler held the connection, which the handler may have read since (a handler
+        thread that has not started reading yet, a worker that read a pipelined request). The
+        connection stays registered, so the next wait, which does not block if it is readable
+        still, reports it afresh."""
         with self._lock:
             try:
                 current = self.selector.get_key(key.fd)
@@ -1086,6 +1096,8 @@ class _LoopState:
             if not resume.parked:
                 self._reading.discard(current.fileobj)
                 self.selector.unregister(current.fileobj)
+                return None
+            if resume.turn == self.turn:
                 return None
             resume.parked = False
             self._parked.discard(resume)
@@ -1131,6 +1143,7 @@ class _LoopState:
             if limit is not None:
                 first = min(first, now + limit)
             self.wakes_at = first
+            self.turn += 1
         return None if first == math.inf else max(0.0, first - now)
 
     def expired(self, now: float) -> list[_Resume]:
