@@ -36,6 +36,7 @@ server that owns nothing of its parent's, so the rest of this module never compa
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -145,6 +146,8 @@ class Server:
         self._closing_waker_lock = threading.Lock()
         # The listener get_request() accepts from: the one the loop found readable.
         self._ready_listener: Socket | None = None
+        # False once stop_accepting() was called: the loop no longer watches the listeners.
+        self._accepting = True
         self.strategy: Strategy = strategy_class(self, **options)
         if listener is not None:
             self.add_listener(listener)
@@ -210,7 +213,7 @@ class Server:
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
             self.address_family = sock.family
-        if self._loop is not None:
+        if self._loop is not None and self._accepting:
             self._loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
 
     def fileno(self) -> int:
@@ -316,7 +319,7 @@ class Server:
         loop = self._loop
         if loop is None:
             loop = _LoopState()
-            for sock in self.listeners:
+            for sock in self.listeners if self._accepting else ():
                 loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
         self._run.loop_thread = threading.get_ident()
@@ -344,6 +347,13 @@ class Server:
                     # Out of descriptors: the listener stays readable, so pause instead of spinning.
                     log.error("accept() failed: %s; pausing 100 ms", exc)
                     time.sleep(0.1)
+                    break
+                if exc.errno == errno.EINVAL and self._loop is not None:
+                    # Not listening any more: shut down by another process sharing it (a
+                    # supervisor's server_close() while this worker still runs its loop).
+                    log.debug("listener %s was shut down; no longer accepting from it", listening.sock)
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._loop.selector.unregister(listening.sock)
                     break
                 raise
             accepted += 1
@@ -494,6 +504,28 @@ class Server:
                         min_rate=min_rate)
         self._outputs[request] = output
         return output
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections in this process and go on serving those its loop holds:
+        a keep-alive connection's next request is served (as its last, once ``closing`` is
+        set) instead of the connection being closed under a request on its way. For a worker
+        process leaving gracefully while its siblings accept from the listeners they share.
+        Called on the loop's thread (a signal handler there too); for good: a server that
+        stopped accepting is closed, not restarted."""
+        self._accepting = False
+        loop = self._loop
+        if loop is not None:
+            for sock in self.listeners:
+                with contextlib.suppress(KeyError, ValueError):
+                    loop.selector.unregister(sock)
+
+    @property
+    def held_connections(self) -> int:
+        """How many connections this process's loop holds between requests (parked until their
+        next bytes, or handed back to be parked): what a worker that stopped accepting waits to
+        see fall to 0 before it stops its loop."""
+        loop = self._loop
+        return 0 if loop is None else loop.held()
 
     @property
     def pending_writes(self) -> int:
@@ -788,6 +820,13 @@ class Server:
             waker.close()
         self._closing_waker_lock = threading.Lock()  # another thread of the parent may have held it
 
+    def setup_worker(self) -> None:
+        """Called by a strategy in each long-lived worker process it starts (``prefork``), after
+        :meth:`after_fork` and before the worker's loop runs. The default does nothing; a layer
+        above overrides it to load what each worker needs for itself (the ``gearshift`` command
+        imports the application here, so that a reload imports it afresh). An exception is a
+        failed start: the strategy's supervisor stops serving with its message."""
+
     def __enter__(self) -> Server:
         return self
 
@@ -1027,6 +1066,11 @@ class _LoopState:
                 self.park(item, None if item.idle_timeout is None else now + item.idle_timeout)
             else:
                 self.watch(item)
+
+    def held(self) -> int:
+        with self._queue_lock:
+            queued = sum(1 for item in self._queued if item.__class__ is _Resume)
+        return queued + len(self._parked)
 
     def park(self, resume: _Resume, deadline: float | None) -> None:
         try:
