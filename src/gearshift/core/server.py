@@ -407,9 +407,13 @@ class Server:
         a selector entry, not a thread or a turn of a ``sync`` loop. Returns False when the loop
         cannot take it back (this process runs no loop, as in a forked child, or the server is
         closing): the handler then closes the connection, or waits for it with
-        :meth:`wait_readable`.
+        :meth:`wait_readable`. After ``begin_closing()`` alone (a worker process leaving
+        gracefully, whose loop still runs) the loop still takes it: the handler answered with
+        keep-alive before it saw ``closing``, and the connection's next request is answered
+        as its last rather than the connection closed under it.
         """
-        if self.closing or self._loop is None:
+        loop = self._loop
+        if loop is None or loop.closed:
             return False
         self._resuming[request] = _Resume(request, client_address, idle_timeout, state)
         return True
@@ -556,7 +560,7 @@ class Server:
             del self._outputs[request]
         after, failed = output.after, output.error is not None
         output.close()
-        if not failed and isinstance(after, _Resume) and not self.closing:
+        if not failed and isinstance(after, _Resume) and not loop.closed:
             loop.park(after, None if after.idle_timeout is None else time.monotonic() + after.idle_timeout)
         else:
             self._close_connection(request)
@@ -975,6 +979,8 @@ class _LoopState:
         # Outputs of finished handlers the loop stopped writing (it was stopped): written
         # when it runs again, or by server_close().
         self._orphans: list[Output] = []
+        #: Set by close_all(): no connection is handed back to the loop after it.
+        self.closed = False
 
     # -- write-behind --------------------------------------------------------------------------
 
@@ -1044,9 +1050,12 @@ class _LoopState:
         return expired
 
     def queue(self, resume: _Resume, server: Server) -> bool:
-        """Queue ``resume`` for the loop; False if the server is closing (then close it)."""
+        """Queue ``resume`` for the loop; False once ``server_close()`` has taken the loop's
+        connections (then close it). Not before: a handler that decided to keep the connection
+        before ``begin_closing()`` (a worker leaving gracefully) has answered with keep-alive,
+        so the loop keeps it and its next request is answered as its last."""
         with self._queue_lock:
-            if server.closing:
+            if self.closed:
                 return False
             was_empty = not self._queued
             self._queued.append(resume)
@@ -1116,6 +1125,7 @@ class _LoopState:
         take every connection queued or parked, for the server to close."""
         with self._queue_lock:
             server.closing = True
+            self.closed = True
             idle = [item for item in self._queued if item.__class__ is _Resume]
             self._queued = deque(item for item in self._queued if item.__class__ is not _Resume)
         for resume in list(self._parked):
