@@ -296,7 +296,7 @@ def test_sigterm_lets_slow_requests_finish(tmp_path: Path) -> None:
         assert "SIGTERM: stopped accepting" in master.stderr
 
 
-def test_a_second_term_or_quit_stops_at_once(tmp_path: Path) -> None:
+def test_quit_stops_at_once(tmp_path: Path) -> None:
     with prefork(tmp_path) as master:
         address = master.address()
         slow = BackgroundRequest(address, "/sleep?30")
@@ -573,3 +573,15 @@ def test_the_demo_is_served_by_the_workers_and_prefork_is_listed() -> None:
         assert status == 200 and facts["strategy"] == "prefork" and facts["multiprocess"]
         assert facts["pid"] in workers_of(master)
         assert master.stop() == 0
+
+
+def test_a_unix_socket_is_shared_by_the_workers_and_removed_at_the_end(tmp_path: Path) -> None:
+    write_app(tmp_path)
+    path = str(tmp_path / "app.sock")
+    command = ["app:app", "-s", "prefork", "-w", "2", "-b", f"unix:{path}", "--log-level", "debug"]
+    with GearshiftProcess(command, cwd=tmp_path) as master:
+        master.wait_for(READY, count=2)
+        pids = {int(request(path)[2].split()[0]) for _ in range(20)}
+        assert pids <= workers_of(master)
+        assert master.stop() == 0
+    assert not os.path.exists(path)

@@ -222,7 +222,7 @@ class PreforkStrategy(Strategy):
             self._check_workers(time.monotonic())
             # What layers above queue for "the loop" (the command's USR1 and USR2) runs here.
             self.server.service_actions()
-        self._stop_accepting()
+        self._stop_workers()
 
     def stop_serving(self) -> None:
         if self._in_worker:
@@ -347,6 +347,15 @@ class PreforkStrategy(Strategy):
             if pid == 0:
                 os.close(status_read)
                 self._worker_main(run_loop, slot, number, status_write, mask)
+        except OSError as exc:  # out of processes or memory: try again later, as for a crash
+            for fd in (status_read, status_write):
+                os.close(fd)
+            self._free_slots.append(slot)
+            self._boot_failures += 1
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (self._boot_failures - 1))
+            self._next_spawn = now + delay
+            log.error("cannot start a worker: fork() failed: %s; trying again in %.1f s", exc.strerror or exc, delay)
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(status_write)
@@ -526,7 +535,7 @@ class PreforkStrategy(Strategy):
                 wait = min(wait, max(0.0, worker.kill_at - now))
         return wait
 
-    def _stop_accepting(self) -> None:
+    def _stop_workers(self) -> None:
         """Ask every worker to stop (SIGTERM): each stops accepting at once and drains; the
         wait for them is ``close()``'s."""
         for worker in self._workers.values():
