@@ -431,7 +431,7 @@ def test_reuse_port_workers_listen_on_sockets_of_their_own(tmp_path: Path) -> No
 def test_preload_imports_once_in_the_master(tmp_path: Path) -> None:
     write_app(tmp_path)
     with (tmp_path / "app.py").open("a") as f:
-        f.write("\nprint('imported in', os.getpid(), flush=True)\n")
+        f.write("\nos.write(1, f'imported in {os.getpid()}\\n'.encode())  # one write: workers print at once\n")
     with prefork(tmp_path, "--preload") as master:
         address = master.address()
         old = workers_of(master)
@@ -445,7 +445,7 @@ def test_preload_imports_once_in_the_master(tmp_path: Path) -> None:
 def test_without_preload_each_worker_imports_the_app(tmp_path: Path) -> None:
     write_app(tmp_path)
     with (tmp_path / "app.py").open("a") as f:
-        f.write("\nprint('imported in', os.getpid(), flush=True)\n")
+        f.write("\nos.write(1, f'imported in {os.getpid()}\\n'.encode())  # one write: workers print at once\n")
     with prefork(tmp_path) as master:
         workers = workers_of(master)
         stop_cleanly(master, master.address())

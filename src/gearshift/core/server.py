@@ -337,7 +337,9 @@ class Server:
         self._ready_listener = listening.sock
         accepted = 0
         run = self._run
-        while accepted < limit:
+        # stop_accepting() may come from a signal handler during this turn, after select()
+        # reported the listener readable: checked before every accept, like stop_requested.
+        while accepted < limit and self._accepting:
             try:
                 request, client_address = self.get_request()
             except TRANSIENT_ACCEPT_ERRORS:
