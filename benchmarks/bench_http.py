@@ -85,8 +85,9 @@ DEFAULT_CONNECTIONS = "32,256"
 #: run order within a round: each gearshift strategy right next to the peers its bars compare it
 #: with, so they see the same background load (the table keeps http_servers.SERVERS' order)
 RUN_ORDER = (
-    "gearshift-sync", "waitress", "gearshift-threadpool", "gunicorn-gthread-1x4", "gearshift-thread",
-    "werkzeug-threaded", "gearshift-fork", "werkzeug-processes", "gunicorn-sync", "gunicorn-gthread", "cheroot",
+    "gearshift-sync", "gearshift-prefork-1-sync", "waitress", "gearshift-threadpool", "gunicorn-gthread-1x4",
+    "gearshift-thread", "werkzeug-threaded", "gearshift-fork", "werkzeug-processes", "gearshift-prefork-sync",
+    "gunicorn-sync", "gearshift-prefork-threadpool", "gunicorn-gthread", "cheroot",
 )  # fmt: skip
 GEARSHIFT = ("gearshift-sync", "gearshift-thread", "gearshift-fork", "gearshift-threadpool")
 THREADPOOL = ("gearshift-threadpool",)
@@ -108,6 +109,16 @@ BARS: list[tuple[str, tuple[str, ...], str, str, float]] = [
     ("threadpool / waitress, Connection: close", THREADPOOL, "waitress", "close", 1.5),
     ("threadpool / gunicorn gthread 1x4, Connection: close", THREADPOOL, "gunicorn-gthread-1x4", "close", 2.0),
     ("threadpool / gearshift sync, Connection: close", THREADPOOL, "gearshift-sync", "close", 0.6),
+    # issue 12: prefork, 2 workers, against the multi-process peers
+    ("prefork x sync / werkzeug processes, Connection: close",
+     ("gearshift-prefork-sync",), "werkzeug-processes", "close", 3.0),
+    ("prefork x sync / gunicorn sync, Connection: close",
+     ("gearshift-prefork-sync",), "gunicorn-sync", "close", 2.0),
+    ("prefork x sync / gunicorn sync, keep-alive", ("gearshift-prefork-sync",), "gunicorn-sync", "keep-alive", 2.0),
+    ("prefork x threadpool / gunicorn gthread, keep-alive",
+     ("gearshift-prefork-threadpool",), "gunicorn-gthread", "keep-alive", 2.0),
+    ("prefork x threadpool / gunicorn gthread, Connection: close",
+     ("gearshift-prefork-threadpool",), "gunicorn-gthread", "close", 1.5),
 ]
 
 #: ratio columns of the main table, at the first -c level: (header, denominator server, mode)

@@ -19,6 +19,12 @@ gearshift-sync        ``gearshift.make_server(host, port, app, strategy="sync")`
 gearshift-thread      ``strategy="thread"``, 1 process
 gearshift-fork        ``strategy="fork", max_children=40``, 1 process
 gearshift-threadpool  ``strategy="threadpool", threads=4``, 1 process
+gearshift-prefork-sync  ``strategy="prefork", workers=2, worker_strategy="sync"``: 2 worker processes
+                      under a master (gunicorn-sync's shape)
+gearshift-prefork-threadpool  ``strategy="prefork", workers=2, worker_strategy="threadpool",
+                      threads=4``: 2 workers x 4 threads (gunicorn-gthread's shape)
+gearshift-prefork-1-sync  ``strategy="prefork", workers=1, worker_strategy="sync"``: the supervisor's
+                      overhead, against gearshift-sync
 waitress              ``waitress.create_server(app, host, port)`` (default ``threads=4``)
 werkzeug-threaded     ``werkzeug.serving.run_simple(host, port, app, threaded=True)``
 werkzeug-processes    ``run_simple(host, port, app, processes=40)``
@@ -108,6 +114,27 @@ def run_gearshift(strategy: str, port: int) -> None:
     if make_server is None:  # the top-level export may lag behind the http package
         from gearshift.http import make_server
     server = make_server(HOST, port, _app(), strategy=strategy, **GEARSHIFT_OPTIONS.get(strategy, {}))
+    try:
+        server.serve_forever()
+    finally:
+        if os.getpid() == _MAIN_PID:
+            server.server_close()
+
+
+#: the prefork rows: name -> (workers, inner strategy, its options)
+PREFORK_ROWS: dict[str, tuple[int, str, dict[str, int]]] = {
+    "gearshift-prefork-sync": (2, "sync", {}),
+    "gearshift-prefork-threadpool": (2, "threadpool", {"threads": POOL_THREADS}),
+    "gearshift-prefork-1-sync": (1, "sync", {}),
+}
+
+
+def run_gearshift_prefork(name: str, port: int) -> None:
+    import gearshift
+
+    workers, inner, options = PREFORK_ROWS[name]
+    server = gearshift.make_server(HOST, port, _app(), strategy="prefork", workers=workers,
+                                   worker_strategy=inner, **options)
     try:
         server.serve_forever()
     finally:
@@ -267,6 +294,7 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "gearshift-thread": lambda port: run_gearshift("thread", port),
     "gearshift-fork": lambda port: run_gearshift("fork", port),
     "gearshift-threadpool": lambda port: run_gearshift("threadpool", port),
+    **{name: (lambda port, name=name: run_gearshift_prefork(name, port)) for name in PREFORK_ROWS},
     "waitress": run_waitress,
     "werkzeug-threaded": lambda port: run_werkzeug(port, threaded=True),
     "werkzeug-processes": lambda port: run_werkzeug(port, processes=40),
@@ -355,6 +383,14 @@ def start_gearshift_threadpool(port: int, log_path: Path | None = None, python_a
     return _entry("gearshift-threadpool", port, log_path, python_args, app=app)
 
 
+def _start_prefork(name: str) -> Callable[..., Popen]:
+    def start(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+              app: str = DEFAULT_APP) -> Popen:
+        return _entry(name, port, log_path, python_args, app=app)
+
+    return start
+
+
 def start_waitress(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
                   app: str = DEFAULT_APP) -> Popen:
     return _entry("waitress", port, log_path, python_args, app=app)
@@ -426,6 +462,7 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gearshift-thread": start_gearshift_thread,
     "gearshift-fork": start_gearshift_fork,
     "gearshift-threadpool": start_gearshift_threadpool,
+    **{name: _start_prefork(name) for name in PREFORK_ROWS},
     "waitress": start_waitress,
     "werkzeug-threaded": start_werkzeug_threaded,
     "werkzeug-processes": start_werkzeug_processes,
@@ -444,6 +481,7 @@ REQUIRES: dict[str, str] = {
     "gearshift-thread": "gearshift",
     "gearshift-fork": "gearshift",
     "gearshift-threadpool": "gearshift",
+    **dict.fromkeys(PREFORK_ROWS, "gearshift"),
     "waitress": "waitress",
     "werkzeug-threaded": "werkzeug",
     "werkzeug-processes": "werkzeug",

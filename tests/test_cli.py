@@ -892,7 +892,7 @@ ERROR_CASES = [
     ("app-file-missing", ["nothere.py:app"], {}, 1, "cannot import 'nothere.py': no such file"),
     ("bad-app-syntax", ["goodapp:app[0]"], {}, 2, "is not a name or a call"),
     ("unknown-strategy", ["-s", "nope"], {}, 2,
-     "unknown strategy 'nope'; available strategies: fork, sync, thread, threadpool"),
+     "unknown strategy 'nope'; available strategies: fork, prefork, sync, thread, threadpool"),
     ("bad-option-value", ["-s", "fork", "--max-children", "0"], {}, 2, ": --max-children must be a whole number >= 1"),
     ("bad-option-value-from-env", ["-s", "fork"], {"GEARSHIFT_MAX_CHILDREN": "0"}, 2,
      ": GEARSHIFT_MAX_CHILDREN must be a whole number >= 1, not 0"),
@@ -1010,7 +1010,7 @@ def test_list_strategies_includes_an_entry_point_strategy(tmp_path: Path) -> Non
     result = run_gearshift(["--list-strategies"], env=clean_env(PYTHONPATH=str(tmp_path)))
     assert result.returncode == 0 and result.stderr == ""
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert sorted(rows) == ["fake", "fork", "sync", "thread", "threadpool"]
+    assert sorted(rows) == ["fake", "fork", "prefork", "sync", "thread", "threadpool"]
     assert "gearshift-fake 1.2.3 (entry point 'fake' = 'fake_strategy_mod')" in rows["fake"]
     assert rows["fake"].endswith("A fake strategy that tests install through an entry point.")
     assert "built-in" in rows["fork"] and "One child process per request" in rows["fork"]

@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, demo
-from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError
+from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError, WorkerBootError
 from .core.listeners import create_listener
 from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
 from .core.strategy import Strategy
 from .http import make_server
 from .http.server import WSGIApp, WSGIServer
-from .loader import AppLoadError, AppSpecError, load_app
+from .loader import AppLoadError, AppSpecError, load_app, parse_app_spec
 from .settings import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, Setting, SettingError
 from .signals import Interrupted, Signals, exit_if_threads_remain
 
@@ -125,6 +125,12 @@ SETTINGS: tuple[Setting, ...] = (
             group=WHERE, target="command"),
     Setting("strategy", ("-s", "--strategy"), "concurrency strategy (default threadpool); see --list-strategies",
             default="threadpool", metavar="NAME", group=STRATEGY, target="command"),
+    Setting(
+        "preload", ("--preload",), kind="flag", group=STRATEGY, target="command",
+        help="import the application once, before the worker processes start (they share its memory "
+             "copy-on-write), instead of in each worker; SIGHUP then restarts workers on the same code. "
+             "For strategies with worker processes (prefork)",
+    ),
     _http("keep_alive_timeout", float, "SECONDS",
           "close idle keep-alive connections after this long; 0 disables keep-alive (default 5)"),
     _http("head_timeout", float, "SECONDS", "total time a client has to send a request head; 408 past it (default 10)"),
@@ -186,7 +192,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (UsageError, AppSpecError) as exc:
         _error(str(exc), hint=True)
         return 2
-    except (CommandError, AppLoadError, PluginError) as exc:
+    except (CommandError, AppLoadError, PluginError, WorkerBootError) as exc:
         _error(str(exc))
         return 1
     except KeyboardInterrupt:  # Ctrl+C before the signal handlers are in place
@@ -240,7 +246,8 @@ class Parser(argparse.ArgumentParser):
                 "brackets); the command line wins. Flags take 1/0, true/false, yes/no or on/off; "
                 "repeatable options take several values separated by spaces or commas. "
                 "MODULE:APP can be given as GEARSHIFT_APP. Signals: SIGTERM and SIGINT stop gracefully, "
-                "SIGQUIT at once; SIGUSR1 reopens the access log; SIGHUP and SIGUSR2 are logged and ignored."
+                "SIGQUIT at once; SIGUSR1 reopens the access log; under prefork SIGHUP reloads and "
+                "SIGTTIN/SIGTTOU add or remove a worker; otherwise SIGHUP and SIGUSR2 are logged and ignored."
             ),
             allow_abbrev=False,  # plugins add options: an abbreviation must not change meaning
         )
@@ -702,9 +709,21 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         binds.append(Bind(f"--fd {fd}", fd=fd))
     binds += [parse_bind(text) for text in args.bind or ([] if binds else [DEFAULT_BIND])]
 
+    if args.preload and not strategy.worker_processes:
+        raise UsageError(
+            f"{source_name(args, 'preload')} does not apply to strategy {strategy.name!r}, which serves from "
+            f"the process that imports the application"
+        )
+    # A strategy with worker processes imports the application in each of them (after the
+    # fork, so that a reload imports it afresh), unless it is preloaded here.
+    in_workers = args.app is not None and strategy.worker_processes and not args.preload
     if args.app is None:
         app: WSGIApp = demo.app
         app_note = "no MODULE:APP given: serving the built-in demo app"
+    elif in_workers:
+        parse_app_spec(args.app)  # a malformed MODULE:APP is a usage error here, not in a worker
+        app = _imported_in_workers
+        app_note = f"{args.app} is imported by each worker process"
     else:
         app = load_app(args.app)
         app_note = f"loaded {args.app}"
@@ -713,10 +732,22 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         server = build_server(app, strategy, binds, options, ssl_context, umask=args.umask)
     except UsageError as exc:
         raise UsageError(_name_options(str(exc), args)) from None
+    if in_workers:
+        spec = args.app
+
+        def import_app() -> None:
+            server.app = load_app(spec)
+
+        server.setup_worker = import_app  # type: ignore[method-assign]
     try:
         return run(server, args, app_note, signals)
     finally:
         server.server_close()  # already done after a graceful stop; this is for errors
+
+
+def _imported_in_workers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """The application of a master whose workers import the real one: it never serves."""
+    raise RuntimeError("the application is imported in each worker process, not in the master")
 
 
 def _name_options(message: str, args: Arguments) -> str:

@@ -62,8 +62,11 @@ class Signals:
 
     Only the process that installed them acts on them. A forked child that kept them (the
     ``fork`` strategy replaces SIGINT and SIGTERM in its children, not these) ignores
-    HUP/USR1/USR2/QUIT, since ``killall -HUP gearshift`` reaches the children too and the parent
-    is the one that acts, and takes SIGTERM/SIGINT the way it would have without them.
+    HUP/USR2/QUIT, since ``killall -HUP gearshift`` reaches the children too and the parent
+    is the one that acts, and takes SIGTERM/SIGINT the way it would have without them. USR1 is
+    queued there too: a worker that runs its own loop (``prefork``) reopens its access log.
+    While ``prefork`` supervises, it handles HUP itself (a reload) and passes USR1 on to its
+    workers after this handler has queued the master's own reopening.
     """
 
     STOP = _signal_numbers("SIGTERM", "SIGINT", "SIGQUIT")
@@ -167,6 +170,11 @@ class Signals:
         self._force_exit(signum)
 
     def _in_another_process(self, signum: int, frame: Any) -> None:
+        if signum == getattr(signal, "SIGUSR1", None):
+            # Queued as in the parent: a worker process that runs the loop (prefork's, to which
+            # the master passes USR1 on) reopens its own copy of the access log there.
+            self._pending.append(signum)
+            return
         if signum not in (signal.SIGTERM, signal.SIGINT):
             return
         previous = self._previous.get(signum)

@@ -383,6 +383,6 @@ BUILTIN_ONLY_PROCESS = """
 import sys, socketserver, gearshift
 for name in ("sync", "thread", "fork"):
     gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy=name).server_close()
-assert sorted(gearshift.available_strategies()) == ["fork", "sync", "thread", "threadpool"]
+assert sorted(gearshift.available_strategies()) == ["fork", "prefork", "sync", "thread", "threadpool"]
 print("ssl" if "ssl" in sys.modules else "")
 """

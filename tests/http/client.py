@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STRATEGIES = ["sync", "thread", "threadpool", "fork"]
+STRATEGIES = ["sync", "thread", "threadpool", "fork", "prefork"]
 #: Strategies that receive a whole request, body included, before the application runs it
 #: (``request_ready``; with the default ``buffer_request_body``).
-READS_BODY_AHEAD = {"threadpool"}
+READS_BODY_AHEAD = {"threadpool", "prefork"}
 
 
 @dataclass

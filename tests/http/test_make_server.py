@@ -43,7 +43,8 @@ def test_option_errors_name_the_option_and_list_the_valid_ones():
                 {"max_headers": "many"}, {"max_children": 0}):
         with pytest.raises(ValueError):
             gearshift.make_server("127.0.0.1", 0, app, strategy="fork", **bad)
-    with pytest.raises(gearshift.UnknownStrategyError, match="available strategies: fork, sync, thread, threadpool"):
+    with pytest.raises(gearshift.UnknownStrategyError,
+                       match="available strategies: fork, prefork, sync, thread, threadpool"):
         gearshift.make_server("127.0.0.1", 0, app, strategy="threads")
     with pytest.raises(TypeError, match="WSGI callable"):
         gearshift.make_server("127.0.0.1", 0, "not an app")

@@ -51,8 +51,9 @@ def test_environ(server):
     assert "HTTP_CONTENT_TYPE" not in env["headers"] and "HTTP_X_UNDERSCORE" not in env["headers"]
     assert env["wsgi.url_scheme"] == "http"
     assert env["gearshift.strategy"] == server.strategy
-    assert env["wsgi.multithread"] is (server.strategy in ("thread", "threadpool"))
-    assert env["wsgi.multiprocess"] is (server.strategy == "fork")
+    # prefork runs threadpool in its workers (the default worker_strategy)
+    assert env["wsgi.multithread"] is (server.strategy in ("thread", "threadpool", "prefork"))
+    assert env["wsgi.multiprocess"] is (server.strategy in ("fork", "prefork"))
     assert env["wsgi.input_terminated"] is True
 
 

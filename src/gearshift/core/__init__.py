@@ -1,6 +1,6 @@
 """The core: accept loop, listeners, plugin registry and hookspecs, errors. Knows nothing of HTTP."""
 
-from .errors import GearshiftError, PluginError, StrategyUnavailableError, UnknownStrategyError
+from .errors import GearshiftError, PluginError, StrategyUnavailableError, UnknownStrategyError, WorkerBootError
 from .hookspecs import hookimpl
 from .plugins import available_strategies, resolve_strategy, strategy_origins
 from .server import Server
@@ -13,6 +13,7 @@ __all__ = [
     "Strategy",
     "StrategyUnavailableError",
     "UnknownStrategyError",
+    "WorkerBootError",
     "available_strategies",
     "check_options",
     "hookimpl",

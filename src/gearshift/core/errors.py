@@ -28,6 +28,12 @@ class StrategyUnavailableError(GearshiftError, RuntimeError):
     """A known strategy that cannot run on this platform (``fork`` where ``os.fork`` is missing)."""
 
 
+class WorkerBootError(GearshiftError, RuntimeError):
+    """A worker process could not start (``server.setup_worker()`` raised in it: the command
+    imports the application there), so a supervising strategy's ``serve()`` stopped serving.
+    The message is the worker's error, in one line."""
+
+
 class PluginError(GearshiftError, RuntimeError):
     """A third-party plugin is broken: it failed to import, has a hook that is not gearshift's or
     one without the marker, returned something that is not a Strategy, clashes with another

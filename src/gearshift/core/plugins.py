@@ -22,13 +22,13 @@ from types import MappingProxyType, ModuleType
 
 import pluggy
 
-from ..strategies import fork, sync, thread, threadpool
+from ..strategies import fork, prefork, sync, thread, threadpool
 from . import hookspecs
 from .errors import PluginError, UnknownStrategyError
 from .strategy import Strategy
 
 ENTRY_POINT_GROUP = "gearshift.strategies"
-BUILTIN_PLUGINS: tuple[ModuleType, ...] = (sync, thread, threadpool, fork)
+BUILTIN_PLUGINS: tuple[ModuleType, ...] = (sync, thread, threadpool, fork, prefork)
 BUILTIN = "built-in"
 
 

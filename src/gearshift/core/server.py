@@ -36,6 +36,7 @@ server that owns nothing of its parent's, so the rest of this module never compa
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -145,6 +146,8 @@ class Server:
         self._closing_waker_lock = threading.Lock()
         # The listener get_request() accepts from: the one the loop found readable.
         self._ready_listener: Socket | None = None
+        # False once stop_accepting() was called: the loop no longer watches the listeners.
+        self._accepting = True
         self.strategy: Strategy = strategy_class(self, **options)
         if listener is not None:
             self.add_listener(listener)
@@ -210,7 +213,7 @@ class Server:
         if len(self.listeners) == 1:
             self.server_address = sock.getsockname()
             self.address_family = sock.family
-        if self._loop is not None:
+        if self._loop is not None and self._accepting:
             self._loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
 
     def fileno(self) -> int:
@@ -317,7 +320,7 @@ class Server:
         loop = self._loop
         if loop is None:
             loop = _LoopState()
-            for sock in self.listeners:
+            for sock in self.listeners if self._accepting else ():
                 loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
         self._run.loop_thread = threading.get_ident()
@@ -335,7 +338,9 @@ class Server:
         self._ready_listener = listening.sock
         accepted = 0
         run = self._run
-        while accepted < limit:
+        # stop_accepting() may come from a signal handler during this turn, after select()
+        # reported the listener readable: checked before every accept, like stop_requested.
+        while accepted < limit and self._accepting:
             try:
                 request, client_address = self.get_request()
             except TRANSIENT_ACCEPT_ERRORS:
@@ -345,6 +350,13 @@ class Server:
                     # Out of descriptors: the listener stays readable, so pause instead of spinning.
                     log.error("accept() failed: %s; pausing 100 ms", exc)
                     time.sleep(0.1)
+                    break
+                if exc.errno == errno.EINVAL and self._loop is not None:
+                    # Not listening any more: shut down by another process sharing it (a
+                    # supervisor's server_close() while this worker still runs its loop).
+                    log.debug("listener %s was shut down; no longer accepting from it", listening.sock)
+                    with contextlib.suppress(KeyError, ValueError):
+                        self._loop.selector.unregister(listening.sock)
                     break
                 raise
             accepted += 1
@@ -398,9 +410,13 @@ class Server:
         a selector entry, not a thread or a turn of a ``sync`` loop. Returns False when the loop
         cannot take it back (this process runs no loop, as in a forked child, or the server is
         closing): the handler then closes the connection, or waits for it with
-        :meth:`wait_readable`.
+        :meth:`wait_readable`. After ``begin_closing()`` alone (a worker process leaving
+        gracefully, whose loop still runs) the loop still takes it: the handler answered with
+        keep-alive before it saw ``closing``, and the connection's next request is answered
+        as its last rather than the connection closed under it.
         """
-        if self.closing or self._loop is None:
+        loop = self._loop
+        if loop is None or loop.closed:
             return False
         self._resuming[request] = _Resume(request, client_address, idle_timeout, state)
         return True
@@ -495,6 +511,28 @@ class Server:
                         min_rate=min_rate)
         self._outputs[request] = output
         return output
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections in this process and go on serving those its loop holds:
+        a keep-alive connection's next request is served (as its last, once ``closing`` is
+        set) instead of the connection being closed under a request on its way. For a worker
+        process leaving gracefully while its siblings accept from the listeners they share.
+        Called on the loop's thread (a signal handler there too); for good: a server that
+        stopped accepting is closed, not restarted."""
+        self._accepting = False
+        loop = self._loop
+        if loop is not None:
+            for sock in self.listeners:
+                with contextlib.suppress(KeyError, ValueError):
+                    loop.selector.unregister(sock)
+
+    @property
+    def held_connections(self) -> int:
+        """How many connections this process's loop holds between requests (parked until their
+        next bytes): what a worker that stopped accepting waits to
+        see fall to 0 before it stops its loop."""
+        loop = self._loop
+        return 0 if loop is None else loop.held()
 
     @property
     def pending_writes(self) -> int:
@@ -790,6 +828,13 @@ class Server:
             waker.close()
         self._closing_waker_lock = threading.Lock()  # another thread of the parent may have held it
 
+    def setup_worker(self) -> None:
+        """Called by a strategy in each long-lived worker process it starts (``prefork``), after
+        :meth:`after_fork` and before the worker's loop runs. The default does nothing; a layer
+        above overrides it to load what each worker needs for itself (the ``gearshift`` command
+        imports the application here, so that a reload imports it afresh). An exception is a
+        failed start: the strategy's supervisor stops serving with its message."""
+
     def __enter__(self) -> Server:
         return self
 
@@ -958,6 +1003,8 @@ class _LoopState:
         # Outputs of finished handlers the loop stopped writing (it was stopped): written
         # when it runs again, or by server_close().
         self._orphans: list[Output] = []
+        #: Set by close_all(): no connection is handed back to the loop after it.
+        self.closed = False
 
     # -- write-behind --------------------------------------------------------------------------
 
@@ -1043,10 +1090,13 @@ class _LoopState:
 
     def hand_back(self, resume: _Resume, server: Server) -> bool:
         """From any thread: watch ``resume``'s connection until readable or idle too long;
-        False if the server is closing (the caller closes it)."""
+        False once ``server_close()`` has taken the loop's connections (the caller closes it).
+        Not before: a handler that decided to keep the connection before ``begin_closing()``
+        (a worker leaving gracefully) has answered with keep-alive, so the loop keeps it and
+        its next request is answered as its last."""
         deadline = None if resume.idle_timeout is None else time.monotonic() + resume.idle_timeout
         with self._lock:
-            if server.closing:
+            if self.closed:
                 return False
             sock = resume.request
             try:
@@ -1123,6 +1173,10 @@ class _LoopState:
         for output in queued:
             self.watch(output)
 
+    def held(self) -> int:
+        """How many idle connections the loop is watching."""
+        return len(self._parked)
+
     def _unpark(self, resume: _Resume) -> None:
         """Stop watching a parked connection; the caller holds ``_lock``."""
         resume.parked = False
@@ -1162,6 +1216,7 @@ class _LoopState:
         take every connection queued or parked, for the server to close."""
         with self._lock:
             server.closing = True
+            self.closed = True
             idle = list(self._parked)
             for resume in idle:
                 self._unpark(resume)

@@ -15,6 +15,15 @@ server uses it:
     them until ``stop_serving()`` is called. ``handle_request()`` runs turns of the loop without
     it, so workers started here must also start on first use (in ``process_request``).
 
+    A supervisor of worker processes sets ``worker_processes = True`` and, in each worker,
+    calls ``server.after_fork(keep_listeners=True)``, then ``server.setup_worker()`` (where a
+    layer above loads what each worker needs for itself: the command imports the application
+    there unless told to preload it; an exception is a failed start, which the supervisor
+    reports by raising :class:`~gearshift.core.errors.WorkerBootError` from ``serve()``), then
+    ``run_loop()``. Its own loop calls ``server.service_actions()`` once per turn, as the
+    server's loop does, so that what layers above queue for the loop (the command's handling
+    of USR1) also runs in the supervising process.
+
 ``process_request(request, client_address)``
     Takes ownership of a connection the loop hands over: a newly accepted one, or one that a
     handler returned to the loop with :meth:`Server.resume_when_readable` and that has bytes to
@@ -103,6 +112,8 @@ class Strategy:
 
     ``multithread`` and ``multiprocess`` are facts about the strategy that layers above the core
     read (WSGI's ``wsgi.multithread`` / ``wsgi.multiprocess``); the core itself never looks at them.
+    A strategy whose answer depends on its options (``prefork``: its inner strategy's) sets it
+    on the instance.
     """
 
     #: The name users pass as ``strategy=``; unique across installed plugins.
@@ -111,6 +122,10 @@ class Strategy:
     multithread: ClassVar[bool] = False
     #: May requests run in more than one process?
     multiprocess: ClassVar[bool] = False
+    #: Does ``serve()`` run the loop in long-lived worker processes it starts, calling
+    #: ``server.setup_worker()`` in each (see the module docstring)? A layer above then loads
+    #: per-process resources (the application) there rather than before serving.
+    worker_processes: ClassVar[bool] = False
 
     def __init__(self, server: Server) -> None:
         self.server = server
