@@ -73,6 +73,8 @@ RULES: Mapping[str, str] = {
     "multiprocess": "multiprocess = False: every handler runs in the server's process",
     "multithread": "multithread = False: handlers run in the loop's thread (in a child process, its main thread)",
     "leaks": "nothing is left after server_close(): no thread, child process, socket or file descriptor",
+    "init": "a strategy starts no thread or process in __init__ (a prefork worker builds its strategy after the fork)",
+    "handle_request": "handle_request() serves without serve_forever(): what serve() starts also starts on first use",
 }
 
 #: Bound on anything that should take milliseconds: there to turn a hang into a failure.
@@ -131,6 +133,24 @@ class StrategyContract:
                 _release(clients)
             finally:
                 _close_all(clients)
+
+    def test_starts_nothing_in_init(self, tmp_path: Path) -> None:
+        with self._server(tmp_path) as server:
+            started = server.record.wait_for("constructed")
+        assert started is not None and started == ["0", "0"], _broken(
+            "init", f"new threads, child processes after Server(..., strategy=...): {started}",
+        )
+
+    def test_handle_request_serves_without_serve_forever(self, tmp_path: Path) -> None:
+        with self._server(tmp_path, mode="handle_request") as server:
+            with server.client() as client:
+                reply = client.ask("echo one")
+                assert reply.text == "one", _broken("handle_request", f"the reply was {reply.line!r}")
+            with server.client() as client:
+                reply = client.ask("keep")
+                assert reply.text in ("loop", "handler"), _broken("handle_request", f"the reply was {reply.line!r}")
+                reply = client.ask("echo two")
+                assert reply.text == "two", _broken("handle_request", f"after 'keep', the reply was {reply.line!r}")
 
     # -- the exactly-once rules ----------------------------------------------------------------
 
@@ -348,13 +368,14 @@ class StrategyContract:
 
     @contextlib.contextmanager
     def _server(
-        self, tmp_path: Path, *, graceful_timeout: float = HANG_GUARD, poll_interval: float = 0.05
+        self, tmp_path: Path, *, graceful_timeout: float = HANG_GUARD, poll_interval: float = 0.05,
+        mode: str = "serve_forever",
     ) -> Iterator[_KitServer]:
         strategy = self._strategy_class()
         spec = strategy.name if isinstance(self.strategy, str) else f"{strategy.__module__}:{strategy.__qualname__}"
         server = _KitServer(tmp_path, {
             "strategy": spec, "options": dict(self.options), "graceful_timeout": graceful_timeout,
-            "poll_interval": poll_interval,
+            "poll_interval": poll_interval, "mode": mode,
         })
         try:
             yield server
@@ -595,17 +616,31 @@ def serve_for_kit(argv: list[str] | None = None) -> None:
 
 
 def _serve_and_close(config: dict[str, Any], record: _RecordFile) -> None:
+    before = _Resources()
     server = _recording_server_class()(
         ("127.0.0.1", 0), _KitHandler, strategy=_load_strategy(config["strategy"]),
         graceful_timeout=config["graceful_timeout"], **config["options"],
     )
+    record.write("constructed", len(_tasks() - before.threads),
+                 len(set(_children_of(os.getpid())) - before.children))
     strategy = server.strategy
-    signal.signal(_SHUTDOWN_SIGNAL, lambda signum, frame: server.shutdown())
+    stopping: list[bool] = []  # not an Event: a signal handler must not take its lock
+
+    def shutdown(signum: int, frame: object) -> None:
+        stopping.append(True)
+        server.shutdown()
+
+    signal.signal(_SHUTDOWN_SIGNAL, shutdown)
     signal.signal(_TERMINATE_SIGNAL, lambda signum, frame: record.write("terminated", strategy.terminate()))
     record.write("ready", server.server_address[1], os.getpid(), threading.get_ident(),
                  int(bool(strategy.multithread)), int(bool(strategy.multiprocess)))
     try:
-        server.serve_forever(config["poll_interval"])
+        if config["mode"] == "handle_request":
+            server.timeout = config["poll_interval"]
+            while not stopping:
+                server.handle_request()
+        else:
+            server.serve_forever(config["poll_interval"])
         record.write("stopped")
     finally:
         record.write("closing")
