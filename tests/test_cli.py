@@ -309,10 +309,15 @@ def test_a_setting_name_is_taken_once() -> None:
 
 def test_list_strategies_table() -> None:
     table = cli.format_strategies().splitlines()
-    assert table[0].split() == ["NAME", "ORIGIN", "DESCRIPTION"]
-    rows = {line.split()[0]: line for line in table[1:]}
-    for name in BUILTIN_STRATEGIES:
-        assert "built-in" in rows[name]
+    header = ["NAME", "MULTITHREAD", "MULTIPROCESS", "CONCURRENT", "TERMINATE", "ORIGIN", "DESCRIPTION"]
+    assert table[0].split() == header
+    rows = {line.split()[0]: line.split()[:6] for line in table[1:]}
+    # What a user gives up by choosing each one: the flags, then a column per capability.
+    assert rows["sync"] == ["sync", "no", "no", "no", "no", "built-in"]
+    assert rows["thread"] == ["thread", "yes", "no", "yes", "no", "built-in"]
+    assert rows["threadpool"] == ["threadpool", "yes", "no", "yes", "no", "built-in"]
+    assert rows["fork"] == ["fork", "no", "yes", "yes", "yes", "built-in"]
+    assert set(rows) >= set(BUILTIN_STRATEGIES)
 
 
 # -- in-process: loading the application ---------------------------------------------------------

@@ -37,7 +37,7 @@ from . import __version__, demo
 from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError, WorkerBootError
 from .core.listeners import create_listener
 from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
-from .core.strategy import Strategy
+from .core.strategy import CAPABILITIES, Strategy
 from .http import make_server
 from .http.server import WSGIApp, WSGIServer
 from .loader import AppLoadError, AppSpecError, load_app, parse_app_spec
@@ -450,14 +450,18 @@ def _looks_like_app(text: str) -> bool:
 
 
 def format_strategies() -> str:
-    """The ``--list-strategies`` table: name, origin, one-line description."""
+    """The ``--list-strategies`` table: name, the flags, a column per capability (so that a user
+    sees what choosing a strategy gives up), origin, one-line description."""
     strategies = available_strategies()
     origins = strategy_origins()
-    rows = [("NAME", "ORIGIN", "DESCRIPTION")]
-    rows += [(name, origins.get(name, "?"), cls.description()) for name, cls in strategies.items()]
-    name_width = max(len(row[0]) for row in rows)
-    origin_width = max(len(row[1]) for row in rows)
-    lines = [f"{n:<{name_width}}  {o:<{origin_width}}  {d}".rstrip() for n, o, d in rows]
+    header = ("NAME", "MULTITHREAD", "MULTIPROCESS", *(c.upper() for c in CAPABILITIES), "ORIGIN", "DESCRIPTION")
+    rows = [header]
+    for name, cls in strategies.items():
+        flags = (cls.multithread, cls.multiprocess, *(c not in cls.lacks for c in CAPABILITIES))
+        rows.append((name, *("yes" if flag else "no" for flag in flags), origins.get(name, "?"), cls.description()))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    lines = ["  ".join([*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]).rstrip()
+             for row in rows]
     return "\n".join(lines) + "\n"
 
 

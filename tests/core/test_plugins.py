@@ -386,3 +386,32 @@ for name in ("sync", "thread", "fork"):
 assert sorted(gearshift.available_strategies()) == ["fork", "prefork", "sync", "thread", "threadpool"]
 print("ssl" if "ssl" in sys.modules else "")
 """
+
+
+# -- capabilities (Strategy.lacks) ---------------------------------------------------------------
+
+
+def test_a_strategy_has_every_capability_unless_it_declares_what_it_lacks():
+    class Full(gearshift.Strategy):
+        name = "full"
+
+    class Partial(gearshift.Strategy):
+        name = "partial"
+        lacks = {"terminate"}  # any collection of names; stored as a frozenset
+
+    assert Full.lacks == frozenset()
+    assert Partial.lacks == frozenset({"terminate"}) and isinstance(Partial.lacks, frozenset)
+    builtins = gearshift.available_strategies()
+    assert builtins["sync"].lacks == {"concurrent", "terminate"}
+    assert builtins["thread"].lacks == builtins["threadpool"].lacks == {"terminate"}
+    assert builtins["fork"].lacks == frozenset()
+
+
+def test_an_unknown_capability_name_is_an_error_naming_the_known_ones():
+    with pytest.raises(ValueError, match=r"Typo.lacks names unknown capability 'concurent' \(did you mean "
+                                         r"'concurrent'\?\); the capabilities are: concurrent, terminate"):
+        class Typo(gearshift.Strategy):
+            lacks = frozenset({"concurent"})
+    with pytest.raises(TypeError, match="must be a frozenset of capability names, not 'terminate'"):
+        class NotASet(gearshift.Strategy):
+            lacks = "terminate"

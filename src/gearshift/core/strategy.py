@@ -80,6 +80,12 @@ server uses it:
     Stop every worker at once, without waiting for requests (a second Ctrl+C). It may run in a
     signal handler, so it must not log or take locks; it returns how many workers it stopped.
 
+Capabilities: the contract above is what every strategy honours; a few things some cannot do
+are capabilities, named in :data:`CAPABILITIES`. A strategy declares those it lacks in ``lacks``
+(default: none), a frozenset of those names (an unknown name is a ``ValueError`` when the class
+is defined). ``gearshift --list-strategies`` shows them, and the conformance kit
+(:mod:`gearshift.testing`) skips, with the reason, the tests that need one a strategy lacks.
+
 Option values are checked with :func:`positive_int_option`, :func:`limit_option` and
 :func:`bool_option`, so that every strategy's errors read the same (and the command can name
 the flag: ``--threads must be a whole number >= 1, not 0``).
@@ -105,6 +111,13 @@ log = logging.getLogger("gearshift")
 #: (host, port) for TCP, (host, port, flow, scope) for IPv6, str for Unix sockets.
 Address = tuple[Any, ...] | str
 
+#: What a strategy may lack (``Strategy.lacks``), with what having it means.
+CAPABILITIES: Mapping[str, str] = MappingProxyType({
+    "concurrent": "handlers run concurrently, with each other and with the loop: a slow request holds up "
+                  "no other, and one can be in flight while the server stops",
+    "terminate": "terminate() stops running handlers at once (a thread cannot be stopped)",
+})
+
 
 class Strategy:
     """Base class of concurrency strategies. Subclass it, set ``name``, implement
@@ -126,6 +139,26 @@ class Strategy:
     #: ``server.setup_worker()`` in each (see the module docstring)? A layer above then loads
     #: per-process resources (the application) there rather than before serving.
     worker_processes: ClassVar[bool] = False
+    #: The capabilities (names in :data:`CAPABILITIES`) this strategy does not have. The default
+    #: claims them all, so that a strategy states what it gives up rather than what it offers.
+    lacks: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        lacks = cls.__dict__.get("lacks")
+        if lacks is None:
+            return
+        if isinstance(lacks, str) or not all(isinstance(name, str) for name in lacks):
+            raise TypeError(f"{cls.__qualname__}.lacks must be a frozenset of capability names, not {lacks!r}")
+        unknown = sorted(set(lacks) - set(CAPABILITIES))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], CAPABILITIES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{cls.__qualname__}.lacks names unknown capability {unknown[0]!r}{hint}; "
+                f"the capabilities are: {', '.join(CAPABILITIES)}"
+            )
+        cls.lacks = frozenset(lacks)
 
     def __init__(self, server: Server) -> None:
         self.server = server

@@ -12,6 +12,7 @@ class SyncStrategy(Strategy):
     """Process each request in the accept loop, one at a time (socketserver.TCPServer)."""
 
     name = "sync"
+    lacks = frozenset({"concurrent", "terminate"})
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
         # socketserver.BaseServer.process_request(), exactly: a handler's exception propagates to

@@ -38,6 +38,7 @@ class ThreadStrategy(Strategy):
 
     name = "thread"
     multithread = True
+    lacks = frozenset({"terminate"})  # a thread cannot be stopped
 
     def __init__(  # type: ignore[no-untyped-def]
         self, server, *, daemon_threads: bool = False, block_on_close: bool = True, max_threads: int | None = None

@@ -49,6 +49,7 @@ class ThreadPoolStrategy(Strategy):
 
     name = "threadpool"
     multithread = True
+    lacks = frozenset({"terminate"})  # a thread cannot be stopped
 
     def __init__(  # type: ignore[no-untyped-def]
         self, server, *, threads: int = DEFAULT_THREADS, max_queue: int | None = None
