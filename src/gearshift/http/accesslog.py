@@ -57,7 +57,7 @@ ATOMS = {
     "{NAME}e": "environ variable",
 }
 
-_ATOM = re.compile(r"%\((\{[^}]*\}[ioe]|[A-Za-z])\)s|%%|%")
+_ATOM = re.compile(r"%\((\{[^}]*\}[ioe]|[^)]*)\)s|%%|%")
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f-\U0010ffff"\\]')
 
 

@@ -222,11 +222,9 @@ class ProxyHeaders:
             return
         if proto is not None:
             proto = proto.lower()
-            if proto in _SCHEMES:
-                environ["wsgi.url_scheme"] = proto
-            else:
+            if proto not in _SCHEMES:
                 log.debug("ignoring forwarded proto %r: not http or https", proto)
-        scheme = environ["wsgi.url_scheme"]
+                proto = None
         if port is not None and not _valid_port(port):
             log.debug("ignoring forwarded port %r: not a number from 1 to 65535", port)
             port = None
@@ -235,6 +233,11 @@ class ProxyHeaders:
             if match is None or not match.group(1) or (match.group(2) and not _valid_port(match.group(2))):
                 log.debug("ignoring forwarded host %r: not host[:port]", host)
                 host = None
+        if proto is None and host is None and port is None:  # nothing valid: leave the environ alone
+            return
+        if proto is not None:
+            environ["wsgi.url_scheme"] = proto
+        scheme = environ["wsgi.url_scheme"]
         if host is None:
             host = environ.get("HTTP_HOST") or environ["SERVER_NAME"]
         match = _HOST.match(host)
