@@ -59,8 +59,6 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _FORWARDED_PAIR = re.compile(
     rf'[ \t]*({_TOKEN})=([!#$%&\'*+\-.^_`|~0-9A-Za-z:\[\]]+|"(?:[^"\\\x00-\x1f\x7f]|\\[\t\x20-\x7e])*")[ \t]*'
 )
-_ENVIRON_KEYS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
-                 "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX")
 
 
 class AllowList:
@@ -152,7 +150,10 @@ class ProxyHeaders:
 
     def apply(self, environ: dict[str, Any]) -> None:
         """Rewrite ``environ`` (already built from the request) after its forwarding headers."""
-        if any(key in environ for key in _ENVIRON_KEYS):
+        # Spelt out, not any() over a tuple: this runs for every request from a trusted peer.
+        if ("HTTP_X_FORWARDED_FOR" in environ or "HTTP_X_FORWARDED_PROTO" in environ
+                or "HTTP_X_FORWARDED_HOST" in environ or "HTTP_X_FORWARDED_PORT" in environ
+                or "HTTP_X_FORWARDED_PREFIX" in environ):
             self._apply_x_forwarded(environ)
         elif "HTTP_FORWARDED" in environ:
             self._apply_forwarded(environ)
