@@ -124,7 +124,7 @@ SETTINGS: tuple[Setting, ...] = (
             group=WHERE, target="command"),
     Setting("keyfile", ("--keyfile",), "the private key for --certfile, if not in that file", metavar="PATH",
             group=WHERE, target="command"),
-    # Behind a proxy, and the access log (the "process" group, next to --access-log).
+    # Behind a proxy; the access log's format and its off switch (shown in the "process" group).
     Setting(
         "forwarded_allow_ips", ("--forwarded-allow-ips",), metavar="LIST", group=PROXY, target="server",
         help="peers whose X-Forwarded-*/Forwarded headers are believed: addresses and CIDR ranges "
