@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import GearshiftProcess, clean_env, run_gearshift
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -162,3 +164,26 @@ def test_the_environment_variables() -> None:
         server.wait_for(r"^192\.0\.2\.9 200 via-env$")
         assert server.stop() == 0
     assert os.environ.get("GEARSHIFT_ACCESS_LOG_FORMAT") is None
+
+
+# -- the formatter, in-process ---------------------------------------------------------------------
+
+
+def test_format_errors_name_the_problem() -> None:
+    from gearshift.http.accesslog import compile_format
+
+    for fmt, message in [("%(zz)s", r"unknown atom %\(zz\)s"), ("100% %(h)s", "a lone '%' at offset 3"),
+                         ("%({}i)s", "names no header")]:
+        with pytest.raises(ValueError, match=message):
+            compile_format(fmt)
+
+
+@given(st.text(max_size=30))
+def test_an_escaped_value_has_no_quote_control_or_non_ascii_left_bare(value: str) -> None:
+    from gearshift.http.accesslog import escape
+
+    escaped = escape(value)
+    assert escaped.isascii() and escaped.isprintable()
+    assert '"' not in escaped.replace('\\"', "") and "\n" not in escaped
+    if "\\" not in escaped:  # nothing needed escaping: the value is logged as it is
+        assert escaped == value
