@@ -154,7 +154,7 @@ def wait_until_quiet(limit: float) -> str:
 def bench_one(name: str, args: argparse.Namespace, env: dict[str, str], wrk: str, lua: Path) -> dict[str, Any]:
     port = free_port()
     argv = [args.python, "-m", "gearshift", APP, "-b", f"{HOST}:{port}", "-s", name,
-            "--log-level", "warning", *STRATEGY_ARGS.get(name, [])]
+            "--log-level", "warning", "--no-access-log", *STRATEGY_ARGS.get(name, [])]  # as the other servers
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(argv, cwd=APP_DIR, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)

@@ -189,7 +189,9 @@ def _args(argv: list[str], environ: dict[str, str] | None = None) -> argparse.Na
 def test_defaults() -> None:
     args = _args([])
     assert args.app is None and args.bind is None and args.strategy == "threadpool"
-    assert args.graceful_timeout == 30.0 and args.access_log is None and args.log_level == "info"
+    assert args.graceful_timeout == 30.0 and args.access_log == "-" and args.log_level == "info"
+    assert args.no_access_log is None and args.access_log_format is None
+    assert args.forwarded_allow_ips is None and args.root_path is None  # make_server's defaults apply
     assert args.max_children is None and args.daemon_threads is None
     # the strategies' own defaults apply: the command does not repeat them
     assert args.threads is None and args.max_queue is None and args.max_threads is None
@@ -572,8 +574,12 @@ def test_http_options_reach_the_server() -> None:
         assert server.stop() == 0
 
 
-def test_no_access_log_by_default() -> None:
+def test_access_log_on_stderr_by_default_and_no_access_log() -> None:
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "sync"]) as server:
+        request(server.address(), "/json")
+        server.wait_for(r'^127\.0\.0\.1 - - \[.*\] "GET /json HTTP/1\.1" 200 ')
+        assert server.stop() == 0
+    with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "sync", "--no-access-log"]) as server:
         request(server.address(), "/json")
         assert server.stop() == 0
     assert "GET /json" not in server.stderr

@@ -82,6 +82,7 @@ def _not_negative(value: float) -> str | None:
 
 
 WHERE, STRATEGY, HTTP, PROCESS = "where to listen", "strategy", "HTTP limits and timeouts", "process"
+PROXY = "behind a proxy"
 
 
 def _yes_no(text: str) -> bool:
@@ -123,6 +124,23 @@ SETTINGS: tuple[Setting, ...] = (
             group=WHERE, target="command"),
     Setting("keyfile", ("--keyfile",), "the private key for --certfile, if not in that file", metavar="PATH",
             group=WHERE, target="command"),
+    # Behind a proxy; the access log's format and its off switch (shown in the "process" group).
+    Setting(
+        "forwarded_allow_ips", ("--forwarded-allow-ips",), metavar="LIST", group=PROXY, target="server",
+        help="peers whose X-Forwarded-*/Forwarded headers are believed: addresses and CIDR ranges "
+             "separated by commas, * for any, unix for Unix-socket peers; '' for none "
+             "(default 127.0.0.1,::1,unix)",
+    ),
+    Setting("root_path", ("--root-path",), metavar="PATH", group=PROXY, target="server",
+            help="mount the application under this path: SCRIPT_NAME, removed from the start of PATH_INFO "
+                 "(default: none)"),
+    Setting("no_access_log", ("--no-access-log",), "do not log requests", kind="flag", group=PROCESS,
+            target="command"),
+    Setting(
+        "access_log_format", ("--access-log-format",), metavar="FORMAT", group=PROCESS, target="server",
+        help="the access line: gunicorn's atoms (%%(h)s %%(r)s %%(s)s %%(a)s %%(L)s ...) or json "
+             "(default: combined log format and the duration in seconds)",
+    ),
     Setting("strategy", ("-s", "--strategy"), "concurrency strategy (default threadpool); see --list-strategies",
             default="threadpool", metavar="NAME", group=STRATEGY, target="command"),
     Setting(
@@ -164,8 +182,9 @@ SETTINGS: tuple[Setting, ...] = (
             default="info", choices=LOG_LEVELS, group=PROCESS, target="command"),
     Setting(
         "access_log", ("--access-log",), metavar="PATH", group=PROCESS, target="command",
-        help="log one line per request in common log format to PATH (appended; SIGUSR1 reopens "
-             "it), or to stderr for '-' (default off)",
+        default="-",
+        help="log one line per request to PATH (appended; SIGUSR1 reopens it), or to stderr for "
+             "'-' (default -; --no-access-log for none)",
     ),
 )
 GROUPS = (WHERE, STRATEGY, HTTP, PROCESS)
@@ -691,7 +710,7 @@ def serve(args: Arguments, environ: Any) -> int:
         strategy = resolve_strategy(args.strategy)
     except UnknownStrategyError as exc:
         raise UsageError(str(exc)) from None
-    setup_logging(args.log_level, args.access_log)
+    setup_logging(args.log_level, None if args.no_access_log else args.access_log)
     for warning in args.warnings:
         log.warning("%s", warning)
     signals = Signals()

@@ -1,6 +1,6 @@
 """A small Flask application for the end-to-end tests."""
 
-from flask import Flask, Response, jsonify, request, stream_with_context
+from flask import Flask, Response, jsonify, request, stream_with_context, url_for
 
 app = Flask(__name__)
 
@@ -30,3 +30,9 @@ def stream():
 @app.get("/missing")
 def missing():
     return "gone", 404
+
+
+@app.get("/where")
+def where():
+    """Its own URL, as Flask builds it from SCRIPT_NAME, the scheme and the host."""
+    return jsonify(path=url_for("where"), external=url_for("where", _external=True))

@@ -68,7 +68,7 @@ def test_base_exceptions_before_the_response_get_a_500(server, kind, where):
     log = server.log()
     assert len(error_records(log, target)) == 1, log
     [line] = access_lines(log, target)
-    assert line.endswith('" 500 22')  # the body's length, as for any response
+    assert '" 500 22 ' in line  # the body's length, as for any response
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -82,7 +82,7 @@ def test_base_exception_after_the_response_started_closes_the_connection(server,
     log = server.log()
     assert len(error_records(log, target)) == 1, log
     [line] = access_lines(log, target)
-    assert line.endswith('" 200 7')
+    assert '" 200 7 ' in line
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -104,7 +104,7 @@ def test_access_line_for_a_500_after_an_ordinary_exception(server):
         assert c.request("GET", target).status == 500
     assert wait_until(lambda: access_lines(server.log(), target), timeout=10), server.log()
     [line] = access_lines(server.log(), target)
-    assert line.endswith('" 500 22')
+    assert '" 500 22 ' in line
 
 
 def test_a_connection_error_of_the_app_itself_is_an_app_error(server):
@@ -153,12 +153,18 @@ def test_access_lines_for_malformed_requests(server):
     for status, raw in cases.items():
         assert status_of(raw_exchange(server.port, raw)) == status
 
-    def logged() -> set[int]:
-        found = re.findall(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "-" (\d+) \d+$',
-                           server.log(), re.MULTILINE)
-        return {int(status) for status in found}
+    # What was received is logged, escaped: a control byte cannot break the line.
+    expected = {
+        (400, "GET /bad\\x01target HTTP/1.1"), (414, "GET /" + "a" * 195), (431, "GET / HTTP/1.1"),
+        (505, "GET / HTTP/1.2"),
+    }
 
-    assert wait_until(lambda: set(cases) <= logged(), timeout=10), server.log()
+    def logged() -> set[tuple[int, str]]:
+        found = re.findall(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "(.*)" (\d+) \d+ ',
+                           server.log(), re.MULTILINE)
+        return {(int(status), line) for line, status in found}
+
+    assert wait_until(lambda: expected <= logged(), timeout=10), (server.log(), logged())
 
 
 def test_date_and_server_set_by_the_app_are_not_doubled(server):
@@ -199,6 +205,6 @@ def test_access_lines_for_408_and_for_413_from_wsgi_input(strategy):
             assert c.file.readline() == b"HTTP/1.1 100 Continue\r\n" and c.file.readline() == b"\r\n"
             c.send(b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
             assert c.response("POST").status == 413
-        lines = re.compile(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "(.*)" (\d+) \d+$', re.MULTILINE)
+        lines = re.compile(r'^\d+ INFO gearshift\.access: 127\.0\.0\.1 - - \[[^]]+\] "(.*?)" (\d+) \d+ ', re.MULTILINE)
         assert wait_until(lambda: {("-", "408"), ("POST /echo HTTP/1.1", "413")} <= set(lines.findall(proc.log())),
                           timeout=10), proc.log()

@@ -55,6 +55,7 @@ class StandIn:
         self.config = HTTPConfig(keep_alive_timeout=keep_alive_timeout)
         self.server = StandInServer(app)
         self.client_address = ("192.0.2.1", 5000)
+        self.proxy = None  # an untrusted peer: no forwarding headers applied
         self.sent = bytearray()
         self.rejected: list[HTTPError] = []
         self.lingered = False

@@ -55,7 +55,8 @@ def test_an_unknown_option_lists_the_strategy_and_the_http_options_in_one_messag
         gearshift.make_server("127.0.0.1", 0, app, strategy="fork", max_chidren=3)
     assert str(info.value).startswith(
         "unexpected option 'max_chidren' (did you mean 'max_children'?): strategy 'fork' accepts: "
-        "block_on_close, freeze_gc, max_children; HTTP options: body_timeout, buffer_request_body, head_timeout, "
+        "block_on_close, freeze_gc, max_children; HTTP options: access_log_format, body_timeout, buffer_request_body, "
+        "forwarded_allow_ips, head_timeout, "
     )
 
 

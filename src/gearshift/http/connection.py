@@ -35,11 +35,13 @@ from http import HTTPStatus
 from typing import IO, TYPE_CHECKING, Any
 
 from ..core.outbuffer import Output
+from .accesslog import AccessRecord
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
 from .wsgi import FileWrapper, InputStream, SpooledInput, build_environ, check_response
 
 if TYPE_CHECKING:
+    from .proxy import ProxyHeaders
     from .server import WSGIServer
 
 log = logging.getLogger("gearshift")
@@ -142,6 +144,8 @@ class Connection:
         self.server = server
         self.config = server.config
         self.parser = RequestParser(server.config.limits)
+        #: Applies forwarding headers to this connection's requests: None unless its peer is trusted.
+        self.proxy: ProxyHeaders | None = server.proxy_headers_for(client_address)
         self.head_deadline: float | None = None
         self.served = 0
         self.deferred_error: HTTPError | None = None
@@ -519,7 +523,11 @@ class Connection:
             self._discard_pending_input()
         except (OSError, ValueError):
             pass
-        access_log_request(self, request, error.status, len(body))
+        if access_log.isEnabledFor(logging.INFO):
+            # The head's deadline runs from its first byte: the request's duration runs from there.
+            started = None if self.head_deadline is None else self.head_deadline - self.config.head_timeout
+            received = self.parser.refused_head if request is None else None
+            access_log_request(self, request, error.status, len(body), started=started, received=received)
 
     def _discard_pending_input(self) -> None:
         """Read what the client already sent, so that closing does not reset the connection and
@@ -772,8 +780,10 @@ class Exchange:
         connection, request = self.connection, self.request
         server = connection.server
         wsgi_input = self.wsgi_input
+        started = time.monotonic()
         environ = build_environ(server.base_environ, request, connection.client_address,
-                                InputStream(request, self._fetch_body) if wsgi_input is None else wsgi_input)
+                                InputStream(request, self._fetch_body) if wsgi_input is None else wsgi_input,
+                                connection.proxy)
         result = None
         reusable = True
         try:
@@ -821,7 +831,8 @@ class Exchange:
                     log.exception("error closing the response iterable of %s %s",
                                   request.method, environ["PATH_INFO"])
         if self.head_sent:  # reject() wrote its own line; a client gone before any answer gets none
-            access_log_request(connection, request, self.code, self.sent)
+            access_log_request(connection, request, self.code, self.sent, environ=environ, started=started,
+                               response_headers=self.headers)
         if self.input_failed:
             return False
         if not reusable:
@@ -1020,15 +1031,25 @@ class Exchange:
         return False
 
 
-def access_log_request(connection: Connection, request: Request | None, status: int, size: int) -> None:
-    """One line per request in the common log format, on logger ``gearshift.access``."""
+def access_log_request(connection: Connection, request: Request | None, status: int, size: int, *,
+                       environ: dict[str, Any] | None = None, started: float | None = None,
+                       response_headers: list[tuple[str, str]] | tuple[()] = (), received: bytes | None = None,
+                       ) -> None:
+    """One line per request on logger ``gearshift.access``, in the server's ``access_log_format``
+    (see :mod:`gearshift.http.accesslog`). ``started``: ``time.monotonic()`` when the request
+    began (its head's first byte, or the application's call); ``received``: the start of a
+    request head refused before it could be parsed."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    addr = connection.client_address
-    host = addr[0] if type(addr) is tuple else "-"
-    line = "-" if request is None else f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}"
-    when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-    access_log.info('%s - - [%s] "%s" %d %s', host, when, line, status, size or "-")
+    duration = 0.0 if started is None else max(time.monotonic() - started, 0.0)
+    record = AccessRecord(connection.client_address, request, environ, status, size, duration,
+                          response_headers, received)
+    try:
+        line = connection.server.access_line(record)
+    except Exception:  # a bug here must not cost the client its connection
+        log.exception("cannot format the access line of %s", record.request_line())
+        return
+    access_log.info("%s", line)
 
 
 def _phrase(status: int) -> str:

@@ -290,6 +290,7 @@ class RequestParser:
         "_ll",
         "_state",
         "_error",
+        "refused_head",
         "_request",
         "_headers",
         "_special",
@@ -324,6 +325,8 @@ class RequestParser:
         self._ll = httptools.HttpRequestParser(self._callbacks)
         self._state: str = _State.REQUEST_LINE
         self._error: HTTPError | None = None
+        #: After an error: the start of the request refused (its request line), for the access log.
+        self.refused_head: bytes | None = None
         # The request whose head or body is being parsed, or the last one (before the first
         # request line: a placeholder that is never delivered).
         self._request = Request("", b"", b"", b"", "1.1")
@@ -377,9 +380,20 @@ class RequestParser:
                     return
         except HTTPError as exc:
             self._error = exc
+            self.refused_head = self._received(data, pos)
             self._state = _State.DEAD
             self._buf = bytearray()
             raise
+
+    def _received(self, data: bytes, pos: int) -> bytes:
+        """The start of the request refused with an error at ``data[pos:]``: the request line
+        as received if that line was refused (what the access log shows), else the parsed one."""
+        if self._state is _State.REQUEST_LINE:
+            # Without a line end after ``pos``, what arrived is all in the buffer already.
+            head = bytes(self._buf[:1024])
+            return head if data.find(b"\n", pos) < 0 else head + data[pos : pos + 1024]
+        request = self._request
+        return f"{request.method} ".encode("latin-1") + request.target + f" HTTP/{request.version}".encode()
 
     def feed_eof(self) -> None:
         """The peer closed its side. Raises ``HTTPError(400)`` if a request was cut short.
@@ -420,10 +434,12 @@ class RequestParser:
             skip = self._start_request(data, pos, end)
             return self._feed_headers(data, pos + skip, end, n)
         line = bytes(buf) + data[pos:end]
-        self._buf = bytearray()
         if line != b"\r\n":
             skip = self._start_request(line, 0, len(line))
+            self._buf = bytearray()  # only now: a refused line is still there for refused_head
             self._ll_feed(line[skip:])
+        else:
+            self._buf = bytearray()
         return end
 
     def _start_request(self, line: bytes, start: int, end: int) -> int:

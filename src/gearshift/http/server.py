@@ -20,8 +20,10 @@ from .._version import __version__
 from ..core.plugins import reserve_options, resolve_strategy
 from ..core.server import Server
 from ..core.strategy import Strategy, check_options
+from .accesslog import DEFAULT_FORMAT, AccessRecord, compile_format
 from .connection import Connection, ReadAheadConnection, WSGIRequestHandler, enable_tls, http_date
 from .errors import HTTPError, ProtocolLimits
+from .proxy import DEFAULT_FORWARDED_ALLOW_IPS, AllowList, ProxyHeaders
 from .wsgi import FileWrapper
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ RENAMED_OPTIONS = {
 }
 _TIMEOUTS = ("keep_alive_timeout", "head_timeout", "body_timeout", "min_body_rate", "send_timeout", "min_send_rate")
 _SIZES = ("max_body_in_memory", "send_buffer", "send_spool")
-_OWN_OPTIONS = (*_TIMEOUTS, "buffer_request_body", *_SIZES)
+_OWN_OPTIONS = (*_TIMEOUTS, "buffer_request_body", *_SIZES, "forwarded_allow_ips", "root_path", "access_log_format")
 
 
 @dataclass(frozen=True)
@@ -102,9 +104,30 @@ class HTTPConfig:
     #: once. Disk, not RAM (mind a ``TMPDIR`` on tmpfs): 1,000 slow readers of 8 MB cost up to
     #: 8 GB of it. A file response (``wsgi.file_wrapper``) is not copied and does not count.
     send_spool: int = 8 * 1024 * 1024
+    #: The peers whose forwarding headers (``X-Forwarded-*``, ``Forwarded``) are believed:
+    #: addresses and CIDR ranges, ``*`` for any peer, ``unix`` for Unix-socket peers; a string
+    #: separated by commas or spaces, or a sequence of them. Empty: none (see ``proxy.py``).
+    forwarded_allow_ips: str | tuple[str, ...] = DEFAULT_FORWARDED_ALLOW_IPS
+    #: The path the application is mounted under (``/app``): ``SCRIPT_NAME``, and removed from
+    #: the start of ``PATH_INFO`` where a request's path starts with it.
+    root_path: str = ""
+    #: The access line: gunicorn's atoms (``%(h)s %(r)s %(s)s ...``) or ``json`` (see accesslog.py).
+    access_log_format: str = DEFAULT_FORMAT
     limits: ProtocolLimits = field(default_factory=ProtocolLimits)
 
     def __post_init__(self) -> None:
+        allow = self.forwarded_allow_ips
+        if not isinstance(allow, str):
+            if isinstance(allow, (list, tuple, set, frozenset)):
+                object.__setattr__(self, "forwarded_allow_ips", tuple(allow))
+            else:
+                raise ValueError(f"forwarded_allow_ips must be a string or a list of strings, not {allow!r}")
+        AllowList(self.forwarded_allow_ips)  # raises ValueError naming a bad entry
+        root = self.root_path
+        if not isinstance(root, str) or (root and (not root.startswith("/") or not root.isprintable())):
+            raise ValueError(f"root_path must be empty or a path starting with /, such as /app, not {root!r}")
+        object.__setattr__(self, "root_path", root.rstrip("/"))
+        compile_format(self.access_log_format)  # raises ValueError naming an unknown atom
         if not isinstance(self.buffer_request_body, bool):
             raise ValueError(f"buffer_request_body must be True or False, not {self.buffer_request_body!r}")
         for name in _TIMEOUTS:
@@ -187,6 +210,10 @@ class WSGIServer(Server):
         if ssl_context is not None:
             self.listeners = [self._wrap(s) for s in self.listeners]
         self.base_environ = self._base_environ()
+        allow = AllowList(self.config.forwarded_allow_ips)
+        #: Applies a trusted peer's forwarding headers; None when no peer is trusted.
+        self.proxy_headers = ProxyHeaders(allow) if allow else None
+        self.format_access = compile_format(self.config.access_log_format)
         self._server_header = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 
     def add_listener(self, sock: socket.socket, *, own: bool = False) -> None:
@@ -238,7 +265,7 @@ class WSGIServer(Server):
             "SERVER_NAME": name,
             "SERVER_PORT": port,
             "SERVER_SOFTWARE": SERVER_SOFTWARE,
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": self.config.root_path,
             "gearshift.strategy": self.strategy.name,
         }
 
@@ -284,6 +311,16 @@ class WSGIServer(Server):
         connection.reject(OVERLOADED, blocking=False, request=pending[0] if pending else None)
         super().handle_overload(request, client_address)
 
+    def proxy_headers_for(self, client_address: Any) -> ProxyHeaders | None:
+        """What applies forwarding headers on a connection from ``client_address``: None unless
+        that peer is trusted, so that no request from any other peer pays for looking."""
+        proxy = self.proxy_headers
+        return proxy if proxy is not None and proxy.allow.trusts_peer(client_address) else None
+
+    def access_line(self, record: AccessRecord) -> str:
+        """The access-log line of ``record``, in ``access_log_format``."""
+        return self.format_access(record)
+
     def date_and_server(self) -> bytes:
         """The ``Date`` and ``Server`` header lines every response carries."""
         return b"Date: " + http_date() + b"\r\n" + self._server_header
@@ -309,11 +346,12 @@ def make_server(
     ``options`` are the strategy's options and the HTTP options (``keep_alive_timeout``,
     ``head_timeout``, ``body_timeout``, ``min_body_rate``, ``send_timeout``, ``min_send_rate``,
     ``max_request_line``, ``max_header_size``, ``max_headers``, ``max_header_block``,
-    ``max_body_size``, ``buffer_request_body``, ``max_body_in_memory``; see
-    :class:`HTTPConfig`); a name that is neither raises ``TypeError`` listing both sets
-    (:func:`gearshift.core.check_options`). ``host`` may be ``"unix:/path"`` for a Unix socket.
-    ``port=0`` picks a free port (see ``server.server_address``). ``fd`` adopts an already-bound
-    listening socket, as werkzeug's ``fd=`` does. ``umask`` sets the mode of a Unix socket it
+    ``max_body_size``, ``buffer_request_body``, ``max_body_in_memory``, ``forwarded_allow_ips``,
+    ``root_path``, ``access_log_format``; see :class:`HTTPConfig`); a name that is neither raises
+    ``TypeError`` listing both sets (:func:`gearshift.core.check_options`). ``host`` may be
+    ``"unix:/path"`` for a Unix socket. ``port=0`` picks a free port (see
+    ``server.server_address``). ``fd`` adopts an already-bound listening socket, as werkzeug's
+    ``fd=`` does. ``umask`` sets the mode of a Unix socket it
     binds to ``0o777 & ~umask`` (``umask=0o007``: the owner and group may connect).
     ``graceful_timeout`` bounds how long ``server_close()`` waits for in-flight
     requests (None: no bound). Call ``serve_forever()`` on the result.

@@ -17,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
     from .parser import Request
+    from .proxy import ProxyHeaders
 
 #: Headers an application must not set (PEP 3333: hop-by-hop headers are the server's business).
 #: ``Connection: close`` is tolerated and honoured, since frameworks do send it.
@@ -106,8 +107,15 @@ def environ_key(name: bytes) -> str | None:
     return key
 
 
-def build_environ(base: dict[str, Any], request: Request, client_address: Any, wsgi_input: Any) -> dict[str, Any]:
-    """The per-request environ: ``base`` (server-wide keys) plus what this request says."""
+def build_environ(base: dict[str, Any], request: Request, client_address: Any, wsgi_input: Any,
+                  proxy: ProxyHeaders | None = None) -> dict[str, Any]:
+    """The per-request environ: ``base`` (server-wide keys) plus what this request says, then
+    what a trusted proxy's forwarding headers say (``proxy``: None for any other peer).
+
+    A ``SCRIPT_NAME`` in ``base`` (``root_path``) is removed from the start of ``PATH_INFO``
+    when the path starts with it, at a segment boundary (``/app`` from ``/app/x``, not from
+    ``/apple``); a path outside it is passed on whole, since the proxy in front may have removed
+    the prefix already."""
     environ = base.copy()
     path = request.path
     environ["REQUEST_METHOD"] = request.method
@@ -133,6 +141,13 @@ def build_environ(base: dict[str, Any], request: Request, client_address: Any, w
             environ[key] += ("; " if key == "HTTP_COOKIE" else ", ") + text
         else:
             environ[key] = text
+    root = base.get("SCRIPT_NAME")
+    if root:
+        path_info = environ["PATH_INFO"]
+        if path_info.startswith(root) and path_info[len(root):len(root) + 1] in ("", "/"):
+            environ["PATH_INFO"] = path_info[len(root):]
+    if proxy is not None:
+        proxy.apply(environ)
     return environ
 
 
