@@ -564,7 +564,7 @@ def test_every_option_has_an_environment_variable(tmp_path: Path) -> None:
 
 def test_the_demo_is_served_by_the_workers_and_prefork_is_listed() -> None:
     listing = run_gearshift(["--list-strategies"]).stdout
-    assert re.search(r"^prefork +built-in +Long-lived worker processes", listing, re.M), listing
+    assert re.search(r"^prefork\b.* built-in +Long-lived worker processes", listing, re.M), listing
     with GearshiftProcess(["-b", "127.0.0.1:0", "-s", "prefork", "-w", "2", "--log-level", "debug"]) as master:
         address = master.address()
         master.wait_for(READY, count=2)

@@ -134,6 +134,10 @@ class Server:
         # Connections whose handler writes behind (write_behind), from that call until the
         # loop has written what they kept, or they close.
         self._outputs: dict[Socket, Output] = {}
+        # Connections accepted and not closed yet (close_request), wherever they are: in a
+        # handler, parked, or being written. Set operations are atomic: handlers close from
+        # their own threads.
+        self._open: set[Socket] = set()
         self._run = _RunState()
         # Closing: ``closing`` is set by server_close() or begin_closing(); ``_closed`` only by
         # server_close(), which runs once; ``_closing_waker`` wakes wait_readable() then.
@@ -360,6 +364,7 @@ class Server:
                     break
                 raise
             accepted += 1
+            self._open.add(request)
             if self.verify_request(request, client_address):
                 self._process(request, client_address)
             else:
@@ -528,11 +533,12 @@ class Server:
 
     @property
     def held_connections(self) -> int:
-        """How many connections this process's loop holds between requests (parked until their
-        next bytes): what a worker that stopped accepting waits to
-        see fall to 0 before it stops its loop."""
-        loop = self._loop
-        return 0 if loop is None else loop.held()
+        """How many connections this process accepted and has not closed yet: in a handler,
+        parked until their next bytes, or being written. What a worker that stopped accepting
+        waits to see fall to 0 before it stops its loop: a connection still in a handler when
+        the loop stopped would have its keep-alive response followed by a close the client
+        cannot tell from a reset."""
+        return len(self._open)
 
     @property
     def pending_writes(self) -> int:
@@ -657,6 +663,7 @@ class Server:
         self.close_request(request)
 
     def close_request(self, request: Socket) -> None:
+        self._open.discard(request)
         loop = self._loop
         if loop is not None:
             loop.forget(request)
@@ -817,6 +824,7 @@ class Server:
         for output in self._outputs.values():
             output.abandon()
         self._outputs = {}
+        self._open = set()
         loop, self._loop = self._loop, None
         if loop is not None:
             for resume in loop.abandon():
@@ -1172,10 +1180,6 @@ class _LoopState:
             self._queued.clear()
         for output in queued:
             self.watch(output)
-
-    def held(self) -> int:
-        """How many idle connections the loop is watching."""
-        return len(self._parked)
 
     def _unpark(self, resume: _Resume) -> None:
         """Stop watching a parked connection; the caller holds ``_lock``."""
