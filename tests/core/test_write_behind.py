@@ -57,9 +57,20 @@ class Writer(socketserver.BaseRequestHandler):
         server.returned.set()
 
 
+class WriterServer(Server):
+    """Records when a handler's turn is over: ``returned`` is set inside the handler, before
+    shutdown_request() hands what it left to the loop, which a test of server_close() needs."""
+
+    turn_over: threading.Event
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        super().shutdown_request(request)
+        self.turn_over.set()
+
+
 def make_server(strategy: str = "threadpool", **options: Any) -> Any:
     graceful_timeout = options.pop("graceful_timeout", None)
-    server: Any = Server(("127.0.0.1", 0), Writer, strategy, graceful_timeout=graceful_timeout,
+    server: Any = WriterServer(("127.0.0.1", 0), Writer, strategy, graceful_timeout=graceful_timeout,
                          **({"threads": 2} if strategy == "threadpool" else {}))
     server.options = {"timeout": HANG_GUARD, **options}
     server.output = None
@@ -68,6 +79,7 @@ def make_server(strategy: str = "threadpool", **options: Any) -> Any:
     server.park = False
     server.returned = threading.Event()
     server.turns_done = threading.Event()
+    server.turn_over = threading.Event()
     return server
 
 
@@ -168,7 +180,7 @@ def test_server_close_writes_what_finished_handlers_left(spool_dir: Any) -> None
     with slow_client(server.server_address) as client:
         try:
             with serve(server):
-                assert server.returned.wait(HANG_GUARD)
+                assert server.turn_over.wait(HANG_GUARD)
                 assert server.pending_writes == 1
                 reader = threading.Thread(target=lambda: received.append(read_all(client)))
                 reader.start()
@@ -185,7 +197,7 @@ def test_server_close_drops_what_is_unwritten_after_the_graceful_timeout(
     server = make_server(limit=64 * 1024 * 1024, graceful_timeout=0.3)
     with slow_client(server.server_address) as client:
         with serve(server):
-            assert server.returned.wait(HANG_GUARD)
+            assert server.turn_over.wait(HANG_GUARD)
         assert "dropping the unwritten responses of 1 connection" in caplog.text
         assert server.pending_writes == 0
         assert len(read_all(client)) < len(PAYLOAD)
