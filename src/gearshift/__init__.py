@@ -13,6 +13,8 @@ from .core import (
     UnknownStrategyError,
     available_strategies,
     hookimpl,
+    register_plugin,
+    unregister_plugin,
 )
 from .http import make_server
 
@@ -27,4 +29,6 @@ __all__ = [
     "available_strategies",
     "hookimpl",
     "make_server",
+    "register_plugin",
+    "unregister_plugin",
 ]

@@ -13,7 +13,7 @@ import pytest
 from core_helpers import ask, serve
 
 import gearshift
-from gearshift.core import plugins, strategy_origins
+from gearshift.core import PluginError, plugins, strategy_origins
 from gearshift.core.plugins import hook_implementations
 
 pytestmark = pytest.mark.timeout(20)
@@ -45,7 +45,7 @@ def plugin_dir(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
 
     def install(module: str, source: str, *, dist: str, entry_point: str, version: str = "1.0",
-                value: str | None = None) -> None:
+                value: str | None = None, group: str = "gearshift.strategies") -> None:
         modules.append(module)
         (tmp_path / f"{module}.py").write_text(source)
         # As in a wheel, the directory name escapes "-" in the distribution name as "_"
@@ -53,7 +53,7 @@ def plugin_dir(tmp_path, monkeypatch):
         info = tmp_path / f"{dist.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[gearshift.strategies]\n{entry_point} = {value or module}\n")
+        (info / "entry_points.txt").write_text(f"[{group}]\n{entry_point} = {value or module}\n")
         plugins.reset()
 
     yield install
@@ -415,3 +415,65 @@ def test_an_unknown_capability_name_is_an_error_naming_the_known_ones():
     with pytest.raises(TypeError, match="must be a frozenset of capability names, not 'terminate'"):
         class NotASet(gearshift.Strategy):
             lacks = "terminate"
+
+
+# -- observers: the gearshift.plugins group and register_plugin() ---------------------------------
+
+OBSERVER_SOURCE = """
+import gearshift
+
+seen = []
+
+@gearshift.hookimpl
+def gearshift_server_started(server):
+    seen.append(server)
+"""
+
+
+def test_observer_plugin_through_the_plugins_entry_point_group(plugin_dir):
+    plugin_dir("gs_observer", OBSERVER_SOURCE, dist="gs-observer", entry_point="watch", group="gearshift.plugins")
+    observers = plugins.observers()
+    assert [origin for origin, _, _ in observers.server_started] == [
+        "gs-observer 1.0 (entry point 'watch' = 'gs_observer')"
+    ]
+    assert not observers.request_finished
+
+
+def test_observer_hook_misspelt_is_an_error(plugin_dir):
+    source = OBSERVER_SOURCE.replace("gearshift_server_started", "gearshift_server_startd")
+    plugin_dir("gs_typo", source, dist="gs-typo", entry_point="typo", group="gearshift.plugins")
+    with pytest.raises(PluginError, match=r"implements gearshift_server_startd\(\), which is not a gearshift hook"):
+        plugins.observers()
+
+
+class Observer:
+    def __init__(self):
+        self.accepted = []
+
+    @gearshift.hookimpl
+    def gearshift_connection_accepted(self, client_address):
+        self.accepted.append(client_address)
+
+
+def test_register_plugin_takes_effect_at_once_and_unregister_undoes_it():
+    observer = Observer()
+    gearshift.register_plugin(observer)
+    try:
+        assert [call for _, _, call in plugins.OBSERVERS.connection_accepted]
+        with pytest.raises(PluginError, match="is registered already"):
+            gearshift.register_plugin(observer)
+    finally:
+        gearshift.unregister_plugin(observer)
+    assert not plugins.OBSERVERS.connection_accepted
+    with pytest.raises(PluginError, match="was not registered with register_plugin"):
+        gearshift.unregister_plugin(observer)
+
+
+def test_register_plugin_checks_the_plugin_and_keeps_nothing_broken():
+    class Unmarked:
+        def gearshift_request_finished(self, record):
+            pass
+
+    with pytest.raises(PluginError, match=r"defines gearshift_request_finished\(\) without @gearshift.hookimpl"):
+        gearshift.register_plugin(Unmarked())
+    assert "sync" in gearshift.available_strategies()  # the registry still builds

@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import importlib  # noqa: E402
 
+from recording_observer import register_from_environment  # noqa: E402
+
 import gearshift  # noqa: E402
 
 logging.basicConfig(level=logging.DEBUG if os.environ.get("GEARSHIFT_TEST_DEBUG") else logging.INFO,
@@ -26,6 +28,7 @@ def main() -> None:
     options = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
     module, _, name = (sys.argv[3] if len(sys.argv) > 3 else "apps:app").partition(":")
     app = getattr(importlib.import_module(module), name)
+    register_from_environment()
     server = gearshift.make_server("127.0.0.1", 0, app, strategy=strategy, **options)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     print(server.server_address[1], flush=True)

@@ -2,7 +2,7 @@
 
 from .errors import GearshiftError, PluginError, StrategyUnavailableError, UnknownStrategyError, WorkerBootError
 from .hookspecs import hookimpl
-from .plugins import available_strategies, resolve_strategy, strategy_origins
+from .plugins import available_strategies, register_plugin, resolve_strategy, strategy_origins, unregister_plugin
 from .server import Server
 from .strategy import Strategy, check_options
 
@@ -17,6 +17,8 @@ __all__ = [
     "available_strategies",
     "check_options",
     "hookimpl",
+    "register_plugin",
     "resolve_strategy",
     "strategy_origins",
+    "unregister_plugin",
 ]

@@ -1,10 +1,16 @@
 """The plugin registry: built-in strategies and third-party ones, registered the same way.
 
 One pluggy plugin manager holds every plugin: the built-in strategy modules first, then each
-module or object named by an entry point of the ``gearshift.strategies`` group. Every strategy
-comes from a plugin's ``gearshift_strategies`` hook. The registry is built on first use and
-cached; :func:`reset` forgets it, so that the next use sees plugins installed since (tests do
-this).
+module or object named by an entry point of the ``gearshift.strategies`` or ``gearshift.plugins``
+group (the second for plugins that provide no strategy), then those given to
+:func:`register_plugin`. Every strategy comes from a plugin's ``gearshift_strategies`` hook. The
+registry is built on first use and cached; :func:`reset` forgets it, so that the next use sees
+plugins installed since (tests do this).
+
+The observer hooks are not called through pluggy's hook caller but through :data:`OBSERVERS`,
+which holds each hook's implementations (empty when none): the place an event happens tests
+that before it builds any argument, and :func:`notify` calls each implementation on its own, so
+that one failing observer is logged and the others still run.
 
 Layers above the core reserve the option names they take next to a strategy's (the HTTP layer
 reserves its timeouts and limits) with :func:`reserve_options`; a strategy declaring a reserved
@@ -14,11 +20,13 @@ by the other layer.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -28,8 +36,58 @@ from .errors import PluginError, UnknownStrategyError
 from .strategy import Strategy
 
 ENTRY_POINT_GROUP = "gearshift.strategies"
+#: Entry points of plugins that provide no strategy (observers), loaded the same way.
+PLUGIN_ENTRY_POINT_GROUP = "gearshift.plugins"
 BUILTIN_PLUGINS: tuple[ModuleType, ...] = (sync, thread, threadpool, fork, prefork)
 BUILTIN = "built-in"
+
+log = logging.getLogger("gearshift")
+
+#: One observer implementation: where it comes from, the hook's name, and how to call it.
+Observer = tuple[str, str, Callable[..., object]]
+
+
+class Observers:
+    """The implementations of each observer hook, by the hook's name without ``gearshift_``
+    (``OBSERVERS.request_finished``): a tuple, empty when no plugin implements the hook."""
+
+    __slots__ = tuple(name.removeprefix("gearshift_") for name in hookspecs.OBSERVER_HOOKS)
+
+    def __init__(self) -> None:
+        for attribute in self.__slots__:
+            setattr(self, attribute, ())
+
+    def _fill(self, manager: pluggy.PluginManager, origins: Mapping[str, str]) -> None:
+        for hook_name in hookspecs.OBSERVER_HOOKS:
+            impls = getattr(manager.hook, hook_name).get_hookimpls()
+            setattr(self, hook_name.removeprefix("gearshift_"), tuple(
+                (origins.get(impl.plugin_name, impl.plugin_name), hook_name, _declared_arguments_only(impl))
+                for impl in reversed(impls)
+            ))
+
+    if TYPE_CHECKING:
+        server_started: tuple[Observer, ...]
+        server_stopping: tuple[Observer, ...]
+        connection_accepted: tuple[Observer, ...]
+        connection_closed: tuple[Observer, ...]
+        request_finished: tuple[Observer, ...]
+        worker_started: tuple[Observer, ...]
+        worker_exited: tuple[Observer, ...]
+
+
+#: The observer hooks' implementations of the current registry (see :class:`Observers`).
+OBSERVERS = Observers()
+
+
+def notify(observers: tuple[Observer, ...], **arguments: object) -> None:
+    """Call each of ``observers`` (one hook's implementations) with ``arguments``: one that
+    raises is logged and the others still run; nothing reaches the caller (a request, the
+    loop)."""
+    for origin, hook_name, call in observers:
+        try:
+            call(**arguments)
+        except Exception:
+            log.exception("observer %s failed in %s()", origin, hook_name)
 
 
 @dataclass(frozen=True)
@@ -51,6 +109,7 @@ class _Registry:
 _lock = threading.RLock()  # reentrant: a plugin's import may itself look strategies up
 _registry: _Registry | None = None
 _reserved: dict[str, str] = {}  # option name -> who reserved it
+_runtime: list[tuple[object, str]] = []  # register_plugin()'s plugins, with their names
 
 
 def reset() -> None:
@@ -58,6 +117,43 @@ def reset() -> None:
     global _registry
     with _lock:
         _registry = None
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register ``plugin`` (a module, class or object with ``@gearshift.hookimpl`` functions)
+    for this process, beside the installed ones: an observer, or strategies of its own. It takes
+    effect at once, for servers already running too. Errors as for an installed plugin
+    (:class:`PluginError`: an unknown hook, an unmarked one, a clashing strategy name)."""
+    global _registry
+    with _lock:
+        if any(registered is plugin for registered, _ in _runtime):
+            raise PluginError(f"gearshift plugin {plugin!r} is registered already")
+        _runtime.append((plugin, name or f"runtime:{id(plugin):x}"))
+        _registry = None
+        try:
+            _get()
+        except BaseException:
+            del _runtime[-1]
+            _registry = None
+            raise
+
+
+def unregister_plugin(plugin: object) -> None:
+    """Undo :func:`register_plugin`: its hooks are no longer called (in this process)."""
+    global _registry
+    with _lock:
+        kept = [(registered, name) for registered, name in _runtime if registered is not plugin]
+        if len(kept) == len(_runtime):
+            raise PluginError(f"gearshift plugin {plugin!r} was not registered with register_plugin()")
+        _runtime[:] = kept
+        _registry = None
+        _get()
+
+
+def observers() -> Observers:
+    """:data:`OBSERVERS`, once the registry is built (so that installed plugins are in it)."""
+    _get()
+    return OBSERVERS
 
 
 def reserve_options(names: Iterable[str], owner: str) -> None:
@@ -124,6 +220,7 @@ def _get() -> _Registry:
         if _registry is None:
             manager, origins = _build_plugin_manager()
             _registry = _Registry(manager, MappingProxyType(origins), _collect_strategies(manager, origins))
+            OBSERVERS._fill(manager, origins)
         return _registry
 
 
@@ -134,8 +231,12 @@ def _build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
     for module in BUILTIN_PLUGINS:
         pm.register(module, name=module.__name__)
         origins[module.__name__] = BUILTIN
-    entry_points = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (ep.name, ep.value))
-    for entry_point in entry_points:
+    entry_points = [
+        (group, entry_point)
+        for group in (ENTRY_POINT_GROUP, PLUGIN_ENTRY_POINT_GROUP)
+        for entry_point in sorted(metadata.entry_points(group=group), key=lambda ep: (ep.name, ep.value))
+    ]
+    for group, entry_point in entry_points:
         origin = _describe(entry_point)
         try:
             plugin = entry_point.load()
@@ -143,14 +244,20 @@ def _build_plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str]]:
             raise PluginError(f"cannot load gearshift plugin {origin}: {type(exc).__name__}: {exc}") from exc
         if pm.is_registered(plugin):
             continue  # one module named by two entry points (or one distribution seen twice)
-        plugin_name = f"{ENTRY_POINT_GROUP}:{entry_point.name}"
-        try:
-            pm.register(plugin, name=plugin_name)
-        except Exception as exc:
-            raise PluginError(f"cannot register gearshift plugin {origin}: {exc}") from exc
-        origins[plugin_name] = origin
-        _check_hooks(pm, plugin, origin)
+        _register(pm, plugin, f"{group}:{entry_point.name}", origin, origins)
+    for plugin, plugin_name in _runtime:
+        _register(pm, plugin, plugin_name, f"{plugin!r} (register_plugin)", origins)
     return pm, origins
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, plugin_name: str, origin: str,
+              origins: dict[str, str]) -> None:
+    try:
+        pm.register(plugin, name=plugin_name)
+    except Exception as exc:
+        raise PluginError(f"cannot register gearshift plugin {origin}: {exc}") from exc
+    origins[plugin_name] = origin
+    _check_hooks(pm, plugin, origin)
 
 
 def _check_hooks(pm: pluggy.PluginManager, plugin: object, origin: str) -> None:

@@ -62,7 +62,7 @@ from .listeners import (
     create_listener,
 )
 from .outbuffer import DEFAULT_LIMIT, DEFAULT_MEMORY, Output
-from .plugins import resolve_strategy
+from .plugins import OBSERVERS, notify, observers, resolve_strategy
 from .strategy import Address, Strategy, check_options
 
 log = logging.getLogger("gearshift")
@@ -70,6 +70,7 @@ log = logging.getLogger("gearshift")
 #: How many connections one readiness event of a listener may accept before the loop looks at
 #: its other work again: enough to absorb a burst, few enough to stay fair to idle connections.
 ACCEPT_BATCH = 32
+_NOT_OPEN = object()  # close_request() of a connection this process did not accept (or closed)
 
 
 class Server:
@@ -135,9 +136,13 @@ class Server:
         # loop has written what they kept, or they close.
         self._outputs: dict[Socket, Output] = {}
         # Connections accepted and not closed yet (close_request), wherever they are: in a
-        # handler, parked, or being written. Set operations are atomic: handlers close from
-        # their own threads.
-        self._open: set[Socket] = set()
+        # handler, parked, or being written, with their client's address. Single dict operations
+        # are atomic: handlers close from their own threads.
+        self._open: dict[Socket, Address] = {}
+        # The process whose serve_forever() told the observers that the server started: the
+        # one that tells them it stops (not a forked child closing its copy).
+        self._started_in: int | None = None
+        observers()  # the registry is built, installed observers included, before any event
         self._run = _RunState()
         # Closing: ``closing`` is set by server_close() or begin_closing(); ``_closed`` only by
         # server_close(), which runs once; ``_closing_waker`` wakes wait_readable() then.
@@ -236,6 +241,10 @@ class Server:
         # never waits for itself, even outside the loop proper (a supervisor's serve()).
         run.serving_thread = threading.get_ident()
         run.stopped.clear()
+        if self._started_in is None:
+            self._started_in = os.getpid()
+            if OBSERVERS.server_started:
+                notify(OBSERVERS.server_started, server=self)
         try:
             self.strategy.serve(lambda: self._run_loop(poll_interval))
         finally:
@@ -364,7 +373,9 @@ class Server:
                     break
                 raise
             accepted += 1
-            self._open.add(request)
+            self._open[request] = client_address
+            if OBSERVERS.connection_accepted:
+                notify(OBSERVERS.connection_accepted, server=self, request=request, client_address=client_address)
             if self.verify_request(request, client_address):
                 self._process(request, client_address)
             else:
@@ -614,6 +625,14 @@ class Server:
                 for output in list(by_fd.values()):
                     done(output)
 
+    def notify(self, hook: str, **arguments: object) -> None:
+        """Call the observers of ``gearshift_<hook>`` (see :mod:`gearshift.core.hookspecs`) with
+        this server and ``arguments``: how a strategy reports what only it knows, such as
+        ``server.notify("worker_started", pid=pid, number=number)``."""
+        implementations = getattr(OBSERVERS, hook)
+        if implementations:
+            notify(implementations, server=self, **arguments)
+
     # -- socketserver's per-request hooks ------------------------------------------------------
 
     def verify_request(self, request: Socket, client_address: Address) -> bool:
@@ -663,7 +682,9 @@ class Server:
         self.close_request(request)
 
     def close_request(self, request: Socket) -> None:
-        self._open.discard(request)
+        client_address = self._open.pop(request, _NOT_OPEN)
+        if client_address is not _NOT_OPEN and OBSERVERS.connection_closed:
+            notify(OBSERVERS.connection_closed, server=self, request=request, client_address=client_address)
         loop = self._loop
         if loop is not None:
             loop.forget(request)
@@ -706,6 +727,8 @@ class Server:
         if self._closed:
             return
         self._closed = True
+        if self._started_in == os.getpid() and OBSERVERS.server_stopping:
+            notify(OBSERVERS.server_stopping, server=self)
         loop = self._loop
         idle: list[_Resume] = []
         unwritten: list[Output] = []
@@ -824,7 +847,8 @@ class Server:
         for output in self._outputs.values():
             output.abandon()
         self._outputs = {}
-        self._open = set()
+        self._open = {}
+        self._started_in = None
         loop, self._loop = self._loop, None
         if loop is not None:
             for resume in loop.abandon():

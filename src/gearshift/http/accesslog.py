@@ -88,6 +88,10 @@ class AccessRecord:
         address = self.client_address
         return str(address[0]) if type(address) is tuple else "-"
 
+    def method(self) -> str:
+        """The request's method, or ``-`` for a request refused before its head was parsed."""
+        return self.request.method if self.request is not None else "-"
+
     def request_line(self) -> str:
         request = self.request
         if request is not None:
@@ -178,7 +182,7 @@ _GETTERS: dict[str, Callable[[AccessRecord], str]] = {
     "u": lambda r: _dash(r.user()),
     "t": lambda r: clf_time(),
     "r": lambda r: escape(r.request_line()),
-    "m": lambda r: escape(r.request.method) if r.request is not None else "-",
+    "m": lambda r: escape(r.method()),
     "U": lambda r: escape(r.path()),
     "q": lambda r: escape(r.query()),
     "H": lambda r: r.protocol(),

@@ -35,6 +35,7 @@ from http import HTTPStatus
 from typing import IO, TYPE_CHECKING, Any
 
 from ..core.outbuffer import Output
+from ..core.plugins import OBSERVERS, notify
 from .accesslog import AccessRecord
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
@@ -523,11 +524,11 @@ class Connection:
             self._discard_pending_input()
         except (OSError, ValueError):
             pass
-        if access_log.isEnabledFor(logging.INFO):
+        if access_log.isEnabledFor(logging.INFO) or OBSERVERS.request_finished:
             # The head's deadline runs from its first byte: the request's duration runs from there.
             started = None if self.head_deadline is None else self.head_deadline - self.config.head_timeout
             received = self.parser.refused_head if request is None else None
-            access_log_request(self, request, error.status, len(body), started=started, received=received)
+            request_done(self, request, error.status, len(body), started=started, received=received)
 
     def _discard_pending_input(self) -> None:
         """Read what the client already sent, so that closing does not reset the connection and
@@ -831,7 +832,7 @@ class Exchange:
                     log.exception("error closing the response iterable of %s %s",
                                   request.method, environ["PATH_INFO"])
         if self.head_sent:  # reject() wrote its own line; a client gone before any answer gets none
-            access_log_request(connection, request, self.code, self.sent, environ=environ, started=started,
+            request_done(connection, request, self.code, self.sent, environ=environ, started=started,
                                response_headers=self.headers)
         if self.input_failed:
             return False
@@ -1031,19 +1032,26 @@ class Exchange:
         return False
 
 
-def access_log_request(connection: Connection, request: Request | None, status: int, size: int, *,
-                       environ: dict[str, Any] | None = None, started: float | None = None,
-                       response_headers: list[tuple[str, str]] | tuple[()] = (), received: bytes | None = None,
-                       ) -> None:
-    """One line per request on logger ``gearshift.access``, in the server's ``access_log_format``
-    (see :mod:`gearshift.http.accesslog`). ``started``: ``time.monotonic()`` when the request
-    began (its head's first byte, or the application's call); ``received``: the start of a
-    request head refused before it could be parsed."""
-    if not access_log.isEnabledFor(logging.INFO):
+def request_done(connection: Connection, request: Request | None, status: int, size: int, *,
+                 environ: dict[str, Any] | None = None, started: float | None = None,
+                 response_headers: list[tuple[str, str]] | tuple[()] = (), received: bytes | None = None,
+                 ) -> None:
+    """A request was answered: one line on logger ``gearshift.access``, in the server's
+    ``access_log_format`` (see :mod:`gearshift.http.accesslog`), and the observers'
+    ``gearshift_request_finished``, both from one record, built only if either wants it.
+    ``started``: ``time.monotonic()`` when the request began (its head's first byte, or the
+    application's call); ``received``: the start of a request head refused before it could be
+    parsed."""
+    logging_it = access_log.isEnabledFor(logging.INFO)
+    if not (logging_it or OBSERVERS.request_finished):
         return
     duration = 0.0 if started is None else max(time.monotonic() - started, 0.0)
     record = AccessRecord(connection.client_address, request, environ, status, size, duration,
                           response_headers, received)
+    if OBSERVERS.request_finished:
+        notify(OBSERVERS.request_finished, server=connection.server, record=record, worker=os.getpid())
+    if not logging_it:
+        return
     try:
         line = connection.server.access_line(record)
     except Exception:  # a bug here must not cost the client its connection

@@ -364,6 +364,7 @@ class PreforkStrategy(Strategy):
         self._workers[pid] = worker
         self._selector.register(status_read, selectors.EVENT_READ, worker)
         log.debug("started worker %d (pid %d)", number, pid)
+        self.server.notify("worker_started", pid=pid, number=number)
 
     def _read_status(self, worker: _Worker) -> None:
         try:
@@ -424,6 +425,7 @@ class PreforkStrategy(Strategy):
         del self._workers[worker.pid]
         self._free_slots.append(worker.slot)
         code = os.waitstatus_to_exitcode(status)
+        self.server.notify("worker_exited", pid=worker.pid, number=worker.number, exitcode=code)
         who = f"worker {worker.number} (pid {worker.pid})"
         if worker.error is not None and code == BOOT_ERROR_STATUS:
             # Not when it was stopped meanwhile: its reload was abandoned (one error is enough).
