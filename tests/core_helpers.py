@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from gearshift.testing import children_of as proc_children  # noqa: F401  (for the tests)
+
 #: Generous bound for anything that should take milliseconds; only there to turn a hang into a failure.
 HANG_GUARD = 15.0
 
@@ -152,19 +154,6 @@ def open_files_in(directory: Path) -> list[str]:
         if target.startswith(str(directory) + "/"):
             found.append(target)
     return found
-
-
-def proc_children(pid: int) -> list[int]:
-    """Every child (running or zombie) of every task of process ``pid``, from /proc."""
-    children: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return children
-    for tid in tasks:
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError), open(f"/proc/{pid}/task/{tid}/children") as f:
-            children.extend(int(c) for c in f.read().split())
-    return children
 
 
 def proc_state(pid: int) -> str | None:

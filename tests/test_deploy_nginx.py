@@ -279,23 +279,33 @@ def restart_under_load(processes: list[GearshiftProcess], index: int, address: s
     )
 
 
+def restarts_behind_nginx(tmp_path: Path, servers: list[str], restart: Callable[[Load], object]) -> Load:
+    """nginx over ``servers`` under load while ``restart(load)`` restarts upstreams; no request
+    may fail. Returns the load, for what it saw."""
+    nginx = Nginx(tmp_path / "nginx", servers)
+    load = None
+    try:
+        load = Load(nginx.port)
+        restart(load)
+    finally:
+        if load is not None:
+            load.stop()
+        nginx.stop()
+    assert load.failures == [], (
+        f"{len(load.failures)} of {load.requests} requests failed: {load.failures[:10]}\n"
+        f"nginx error log:\n{nginx.error_log[-4000:]}"
+    )
+    return load
+
+
 def rolling_restart(servers: list[str], addresses: list[str], tmp_path: Path) -> None:
     """The test proper: nginx over ``servers``, each upstream restarted in turn under load."""
     with upstreams(addresses) as processes:
-        nginx = Nginx(tmp_path / "nginx", servers)
-        load = None
-        try:
-            load = Load(nginx.port)
+        def each_in_turn(load: Load) -> None:
             for index, address in enumerate(addresses):
                 restart_under_load(processes, index, address, load)
-        finally:
-            if load is not None:
-                load.stop()
-            nginx.stop()
-        assert load.failures == [], (
-            f"{len(load.failures)} of {load.requests} requests failed: {load.failures[:10]}\n"
-            f"nginx error log:\n{nginx.error_log[-4000:]}"
-        )
+
+        load = restarts_behind_nginx(tmp_path, servers, each_in_turn)
         # Every answer came from one of the four processes, and each answered its share.
         assert len(load.served) == 2 * len(addresses), load.served
         for process in processes:
@@ -331,19 +341,8 @@ def test_socket_activation_restarts_one_upstream_without_a_failed_request(tmp_pa
 
     processes = [start()]
     try:
-        nginx = Nginx(tmp_path / "nginx", [address])
-        load = None
-        try:
-            load = Load(nginx.port)
-            restart_under_load(processes, 0, address, load, start=start)
-        finally:
-            if load is not None:
-                load.stop()
-            nginx.stop()
-        assert load.failures == [], (
-            f"{len(load.failures)} of {load.requests} requests failed: {load.failures[:10]}\n"
-            f"nginx error log:\n{nginx.error_log[-4000:]}"
-        )
+        restarts_behind_nginx(tmp_path, [address], lambda load: restart_under_load(processes, 0, address, load,
+                                                                                   start=start))
         assert processes[0].stop() == 0, processes[0].stderr
     finally:
         for process in processes:

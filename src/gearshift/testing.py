@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .core.server import Server
     from .core.strategy import Strategy
 
-__all__ = ["RULES", "StrategyContract", "serve_for_kit"]
+__all__ = ["RULES", "StrategyContract", "children_of", "serve_for_kit"]
 
 #: The rules the kit checks, by key; each failure message quotes its rule.
 RULES: Mapping[str, str] = {
@@ -292,21 +292,26 @@ class StrategyContract:
                 f"{shut}",
             )
 
+    def _exercise(self, server: _KitServer, commands: list[str], *, then: list[str]) -> None:
+        """Some of everything: concurrent requests (if the strategy has them), one connection
+        per command, then the ``then`` commands on one kept-alive connection."""
+        if self._has("concurrent"):
+            clients = [server.client() for _ in range(self.concurrency)]
+            try:
+                _hold(clients)
+                _release(clients)
+            finally:
+                _close_all(clients)
+        _one_request_each(server, commands)
+        with server.client() as client:
+            for command in then:
+                client.ask(command)
+
     # -- the flags -----------------------------------------------------------------------------
 
     def test_multithread_and_multiprocess_flags_are_honest(self, tmp_path: Path) -> None:
         with self._server(tmp_path) as server:
-            if self._has("concurrent"):
-                clients = [server.client() for _ in range(self.concurrency)]
-                try:
-                    _hold(clients)
-                    _release(clients)
-                finally:
-                    _close_all(clients)
-            _one_request_each(server, ["echo a", "raise", "echo b"])
-            with server.client() as client:
-                client.ask("keep")
-                client.ask("echo again")
+            self._exercise(server, ["echo a", "raise", "echo b"], then=["keep", "echo again"])
         record = server.record
         ran = record.where("finish")
         assert ran, _broken("served", "no finish_request() was recorded")
@@ -329,16 +334,7 @@ class StrategyContract:
 
     def test_nothing_leaks_after_server_close(self, tmp_path: Path) -> None:
         with self._server(tmp_path) as server:
-            if self._has("concurrent"):
-                clients = [server.client() for _ in range(self.concurrency)]
-                try:
-                    _hold(clients)
-                    _release(clients)
-                finally:
-                    _close_all(clients)
-            _one_request_each(server, ["echo a", "raise", "echo b", "echo c"])
-            with server.client() as client:
-                client.ask("keep")
+            self._exercise(server, ["echo a", "raise", "echo b", "echo c"], then=["keep"])
         leaks = server.record.wait_for("leaks")
         assert leaks, _broken("leaks", "the server's process did not report")
         left = json.loads(" ".join(leaks))
@@ -577,7 +573,7 @@ class _KitServer:
     def kill(self) -> None:
         """Kill the server's process and the children it left (they would outlive it)."""
         if self.proc.poll() is None:
-            for child in _children_of(self.proc.pid):
+            for child in children_of(self.proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child, signal.SIGKILL)
             self.proc.kill()
@@ -622,7 +618,7 @@ def _serve_and_close(config: dict[str, Any], record: _RecordFile) -> None:
         graceful_timeout=config["graceful_timeout"], **config["options"],
     )
     record.write("constructed", len(_tasks() - before.threads),
-                 len(set(_children_of(os.getpid())) - before.children))
+                 len(set(children_of(os.getpid())) - before.children))
     strategy = server.strategy
     stopping: list[bool] = []  # not an Event: a signal handler must not take its lock
 
@@ -790,7 +786,7 @@ class _Resources:
     """This process's threads, file descriptors and child processes, from /proc."""
 
     def __init__(self) -> None:
-        self.threads, self.fds, self.children = _tasks(), _fds(), set(_children_of(os.getpid()))
+        self.threads, self.fds, self.children = _tasks(), _fds(), set(children_of(os.getpid()))
 
     def left_behind(self, grace: float) -> dict[str, list[str]] | None:
         """What is new since the snapshot once it has had ``grace`` seconds to go (None without
@@ -803,7 +799,7 @@ class _Resources:
             left = {
                 "threads": [_describe_thread(t) for t in sorted(_tasks() - self.threads)],
                 "fds": [_describe_fd(fd) for fd in sorted(_fds() - self.fds)],
-                "children": [str(pid) for pid in sorted(set(_children_of(os.getpid())) - self.children)],
+                "children": [str(pid) for pid in sorted(set(children_of(os.getpid())) - self.children)],
             }
             if not any(left.values()) or time.monotonic() >= deadline:
                 return left
@@ -842,8 +838,9 @@ def _describe_fd(fd: int) -> str:
         return str(fd)
 
 
-def _children_of(pid: int) -> list[int]:
-    """Every child (running or zombie) of every thread of ``pid``, from /proc."""
+def children_of(pid: int) -> list[int]:
+    """Every child (running or zombie) of every thread of ``pid``, from /proc: what a strategy's
+    own tests check for leaked processes with (Linux)."""
     children: list[int] = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")

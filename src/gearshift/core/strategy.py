@@ -93,10 +93,12 @@ the flag: ``--threads must be a whole number >= 1, not 0``).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import logging
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
@@ -309,6 +311,16 @@ def check_options(
     if extra:
         message += f"; {extra_label}: {', '.join(sorted(extra))}"
     raise TypeError(message)
+
+
+def flush_stdio() -> None:
+    """For a strategy that forks: call it just before ``os.fork()``, so that the child does not
+    inherit the parent's unwritten ``sys.stdout`` / ``sys.stderr`` buffers and write them a
+    second time."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
+                stream.flush()
 
 
 def bool_option(option: str, value: object) -> bool:

@@ -35,7 +35,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import NoReturn
@@ -43,7 +42,7 @@ from typing import NoReturn
 from ..core.errors import StrategyUnavailableError
 from ..core.hookspecs import hookimpl
 from ..core.listeners import Waker
-from ..core.strategy import Address, Strategy, bool_option, positive_int_option
+from ..core.strategy import Address, Strategy, bool_option, flush_stdio, positive_int_option
 from ..settings import Setting
 
 log = logging.getLogger("gearshift")
@@ -100,7 +99,7 @@ class ForkStrategy(Strategy):
             log.debug("closing the connection from %s unserved: the server is stopping", client_address)
             server.shutdown_request(request)
             return
-        _flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
+        flush_stdio()  # so the child does not inherit, and later write, the parent's buffers
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGTERM_ONLY)
         try:
             pid = os.fork()
@@ -150,7 +149,7 @@ class ForkStrategy(Strategy):
             with contextlib.suppress(BaseException):
                 log.exception("error in the child process serving %s", client_address)
         finally:
-            _flush_stdio()  # what this child wrote itself (the parent flushed before fork)
+            flush_stdio()  # what this child wrote itself (the parent flushed before fork)
             os._exit(status)
 
     def _child_sigterm(self, signum: int, frame: object) -> None:
@@ -324,13 +323,6 @@ def _pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except OSError:  # old kernel, or seccomp: fall back to polling
         return None
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
-                stream.flush()
 
 
 @hookimpl

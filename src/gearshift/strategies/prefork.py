@@ -66,7 +66,15 @@ from typing import Any, NoReturn
 from ..core.errors import StrategyUnavailableError, WorkerBootError
 from ..core.hookspecs import hookimpl
 from ..core.listeners import create_listener
-from ..core.strategy import Address, Strategy, bool_option, check_options, limit_option, positive_int_option
+from ..core.strategy import (
+    Address,
+    Strategy,
+    bool_option,
+    check_options,
+    flush_stdio,
+    limit_option,
+    positive_int_option,
+)
 from ..settings import Setting
 
 log = logging.getLogger("gearshift")
@@ -340,7 +348,7 @@ class PreforkStrategy(Strategy):
         self._numbers += 1
         number = self._numbers
         status_read, status_write = os.pipe()
-        _flush_stdio()
+        flush_stdio()
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _AROUND_FORK)
         try:
             pid = os.fork()
@@ -597,9 +605,7 @@ class PreforkStrategy(Strategy):
             else:
                 self._read_status(key.data)
 
-    def _close_master_state(self) -> None:
-        for worker in list(self._workers.values()):
-            self._unwatch(worker)
+    def _close_selector_and_wake_pipe(self) -> None:
         if self._selector is not None:
             self._selector.close()
             self._selector = None
@@ -608,6 +614,11 @@ class PreforkStrategy(Strategy):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._wake = None
+
+    def _close_master_state(self) -> None:
+        for worker in list(self._workers.values()):
+            self._unwatch(worker)
+        self._close_selector_and_wake_pipe()
         if self._slots is not None:
             self._slots.close()
             self._slots = None
@@ -678,7 +689,7 @@ class PreforkStrategy(Strategy):
         self._exit(status)
 
     def _exit(self, status: int) -> NoReturn:
-        _flush_stdio()
+        flush_stdio()
         for handler in log.handlers:
             with contextlib.suppress(Exception):
                 handler.flush()
@@ -693,14 +704,7 @@ class PreforkStrategy(Strategy):
                 with contextlib.suppress(OSError):
                     os.close(worker.status_fd)
         self._workers = {}
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
-        if self._wake is not None:
-            for fd in self._wake:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._wake = None
+        self._close_selector_and_wake_pipe()
         self._signals = []
         ignored = ("SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU")
         for name in ignored:
@@ -895,13 +899,6 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, GearshiftError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.flush()
 
 
 def _size(text: str) -> int:
