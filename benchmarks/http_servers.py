@@ -33,6 +33,10 @@ gunicorn-gthread      ``python -m gunicorn -w 2 -k gthread --threads 4 hello_app
 gunicorn-gthread-1x4  ``python -m gunicorn -w 1 -k gthread --threads 4 hello_app:app``: one process,
                       as many threads as waitress and gearshift-threadpool
 cheroot               ``cheroot.wsgi.Server((host, port), app)`` (default ``numthreads=10``)
+granian-1             ``granian --interface wsgi --workers 1 hello_app:app``: Rust's HTTP and event
+                      loop calling the Python app (its defaults: one runtime thread, a pool of
+                      blocking threads that run the app under the GIL)
+granian-2             the same with ``--workers 2`` (against the 2-worker ``prefork`` rows)
 fork-floor            a reference, not a WSGI server: gearshift ``Server(..., strategy="fork",
                       max_children=40)`` whose handler reads the request head line by line and
                       writes a fixed ``Hello, World!`` response, then closes. No HTTP parser, no
@@ -456,6 +460,20 @@ def start_gunicorn_gthread_1x4(port: int, log_path: Path | None = None, python_a
                      app=app)
 
 
+def _granian(workers: int) -> Callable[..., Popen]:
+    def start(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+              app: str = DEFAULT_APP) -> Popen:
+        argv = [
+            sys.executable, "-m", "granian", "--interface", "wsgi",
+            "--host", HOST, "--port", str(port), "--workers", str(workers),
+            "--no-access-log", "--log-level", "error",
+            app,
+        ]  # fmt: skip
+        return _popen(argv, log_path)
+
+    return start
+
+
 #: name -> launch recipe, in the order the benchmark runs them.
 SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gearshift-sync": start_gearshift_sync,
@@ -470,6 +488,8 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "gunicorn-gthread": start_gunicorn_gthread,
     "gunicorn-gthread-1x4": start_gunicorn_gthread_1x4,
     "cheroot": start_cheroot,
+    "granian-1": _granian(1),
+    "granian-2": _granian(2),
     "fork-floor": start_fork_floor,
     "loop-floor": start_loop_floor,
     "handoff-floor": start_handoff_floor,
@@ -489,6 +509,8 @@ REQUIRES: dict[str, str] = {
     "gunicorn-gthread": "gunicorn",
     "gunicorn-gthread-1x4": "gunicorn",
     "cheroot": "cheroot",
+    "granian-1": "granian",
+    "granian-2": "granian",
     "fork-floor": "gearshift",
     "loop-floor": "gearshift",
     "handoff-floor": "gearshift",
