@@ -341,6 +341,15 @@ def socket_activation_command(listen_fds: int = 1) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def assert_error(result: subprocess.CompletedProcess[str], status: int, message: str) -> None:
+    """The command failed with ``status`` and one error line containing ``message``, no traceback."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gearshift: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert message.lower() in errors[0].lower(), result.stderr
+
+
 def write_module(directory: Path, name: str, source: str) -> Path:
     path = directory / f"{name}.py"
     path.write_text(source)
