@@ -356,6 +356,39 @@ def write_module(directory: Path, name: str, source: str) -> Path:
     return path
 
 
+#: A strategy plugin whose options are declared as Settings (a value with a check, and a flag).
+GREETER_PLUGIN = '''
+import gearshift
+from gearshift.settings import Setting
+
+
+class GreeterStrategy(gearshift.Strategy):
+    """Like sync, with options declared as Settings."""
+    name = "greeter"
+
+    def __init__(self, server, *, greeting="hi", loud=False):
+        super().__init__(server)
+        self.greeting, self.loud = greeting, loud
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [GreeterStrategy]
+
+
+@gearshift.hookimpl
+def gearshift_add_options(parser):
+    return [
+        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
+                check=lambda word: None if word.isalpha() else "must be letters only"),
+        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
+    ]
+'''
+
+
 def write_dist_info(directory: Path, dist: str, version: str, entry_points: dict[str, str]) -> None:
     """A minimal installed distribution with ``gearshift.strategies`` entry points."""
     info = directory / f"{dist.replace('-', '_')}-{version}.dist-info"

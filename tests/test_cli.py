@@ -25,6 +25,7 @@ from wsgiref.validate import validator
 import pytest
 from cli_helpers import (
     GEARSHIFT,
+    GREETER_PLUGIN,
     BackgroundRequest,
     GearshiftProcess,
     assert_error,
@@ -1048,38 +1049,6 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
         assert server.stop() == 0
     assert "connections served" not in server.stderr
     assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
-
-
-GREETER_PLUGIN = '''
-import gearshift
-from gearshift.settings import Setting
-
-
-class GreeterStrategy(gearshift.Strategy):
-    """Like sync, with options declared as Settings."""
-    name = "greeter"
-
-    def __init__(self, server, *, greeting="hi", loud=False):
-        super().__init__(server)
-        self.greeting, self.loud = greeting, loud
-
-    def process_request(self, request, client_address):
-        self.handle_connection(request, client_address)
-
-
-@gearshift.hookimpl
-def gearshift_strategies():
-    return [GreeterStrategy]
-
-
-@gearshift.hookimpl
-def gearshift_add_options(parser):
-    return [
-        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
-                check=lambda word: None if word.isalpha() else "must be letters only"),
-        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
-    ]
-'''
 
 
 def test_plugin_settings_get_a_variable_help_and_validation(tmp_path: Path) -> None:

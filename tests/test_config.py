@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import (
+    GREETER_PLUGIN,
     GearshiftProcess,
     assert_error,
     clean_env,
@@ -204,30 +205,7 @@ def test_config_names_a_file_of_either_kind(project: Path, tmp_path_factory: pyt
 
 def test_a_plugins_settings_work_in_the_file(tmp_path: Path) -> None:
     write_dist_info(tmp_path, "gearshift-greeter", "0.1", {"greeter": "greeter_plugin_mod"})
-    write_module(tmp_path, "greeter_plugin_mod", '''
-import gearshift
-from gearshift.settings import Setting
-
-class GreeterStrategy(gearshift.Strategy):
-    name = "greeter"
-
-    def __init__(self, server, *, greeting="hi", loud=False):
-        super().__init__(server)
-        self.greeting, self.loud = greeting, loud
-
-    def process_request(self, request, client_address):
-        self.handle_connection(request, client_address)
-
-@gearshift.hookimpl
-def gearshift_strategies():
-    return [GreeterStrategy]
-
-@gearshift.hookimpl
-def gearshift_add_options(parser):
-    parser.add_argument("--loud", action="store_true", help="greeter: shout")
-    return [Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
-                    check=lambda word: None if word.isalpha() else "must be letters only")]
-''')
+    write_module(tmp_path, "greeter_plugin_mod", GREETER_PLUGIN)
     _write(tmp_path, "gearshift.toml", 'strategy = "greeter"\ngreeting = "hello"\nloud = true\n')
     env = clean_env(PYTHONPATH=str(tmp_path))
     with GearshiftProcess(["-b", "127.0.0.1:0"], env=env, cwd=tmp_path) as server:
