@@ -341,10 +341,52 @@ def socket_activation_command(listen_fds: int = 1) -> list[str]:
     return [sys.executable, "-c", code]
 
 
+def assert_error(result: subprocess.CompletedProcess[str], status: int, message: str) -> None:
+    """The command failed with ``status`` and one error line containing ``message``, no traceback."""
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gearshift: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert message.lower() in errors[0].lower(), result.stderr
+
+
 def write_module(directory: Path, name: str, source: str) -> Path:
     path = directory / f"{name}.py"
     path.write_text(source)
     return path
+
+
+#: A strategy plugin whose options are declared as Settings (a value with a check, and a flag).
+GREETER_PLUGIN = '''
+import gearshift
+from gearshift.settings import Setting
+
+
+class GreeterStrategy(gearshift.Strategy):
+    """Like sync, with options declared as Settings."""
+    name = "greeter"
+
+    def __init__(self, server, *, greeting="hi", loud=False):
+        super().__init__(server)
+        self.greeting, self.loud = greeting, loud
+
+    def process_request(self, request, client_address):
+        self.handle_connection(request, client_address)
+
+
+@gearshift.hookimpl
+def gearshift_strategies():
+    return [GreeterStrategy]
+
+
+@gearshift.hookimpl
+def gearshift_add_options(parser):
+    return [
+        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
+                check=lambda word: None if word.isalpha() else "must be letters only"),
+        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
+    ]
+'''
 
 
 def write_dist_info(directory: Path, dist: str, version: str, entry_points: dict[str, str]) -> None:

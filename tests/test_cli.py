@@ -25,8 +25,10 @@ from wsgiref.validate import validator
 import pytest
 from cli_helpers import (
     GEARSHIFT,
+    GREETER_PLUGIN,
     BackgroundRequest,
     GearshiftProcess,
+    assert_error,
     clean_env,
     connection_refused,
     holding_a_connection,
@@ -640,7 +642,7 @@ def test_tls_errors_say_which_file_and_what_is_wrong(tls_files: dict[str, Path],
 
 def test_certificate_without_its_key_is_one_clear_line(tls_files: dict[str, Path]) -> None:
     result = run_gearshift(["-b", "127.0.0.1:0", "--certfile", str(tls_files["cert"])])
-    _assert_error(result, 1, f"--certfile {tls_files['cert']} holds no private key: give the key's file with --keyfile")
+    assert_error(result, 1, f"--certfile {tls_files['cert']} holds no private key: give the key's file with --keyfile")
     assert "PEM lib" not in result.stderr
 
 
@@ -883,7 +885,7 @@ def test_module_given_as_a_file(app_dir: Path, tmp_path: Path) -> None:
 
 def test_misspelt_variable_is_warned_about() -> None:
     result = run_gearshift(["-b", "localhost"], env=clean_env(GEARSHIFT_MAX_CHILDRN="3"))
-    _assert_error(result, 2, "bad bind address 'localhost'")
+    assert_error(result, 2, "bad bind address 'localhost'")
     assert ("WARNING: GEARSHIFT_MAX_CHILDRN is not a gearshift setting and is ignored; "
             "did you mean GEARSHIFT_MAX_CHILDREN?") in result.stderr
 
@@ -952,22 +954,14 @@ ERROR_CASES = [
 def test_errors_are_one_line_and_an_exit_status(app_dir: Path, args: list[str], environ: dict[str, str],
                                                 status: int, message: str) -> None:
     result = run_gearshift(["-b", "127.0.0.1:0", *args], env=clean_env(**environ), cwd=app_dir)
-    _assert_error(result, status, message)
-
-
-def _assert_error(result: subprocess.CompletedProcess[str], status: int, message: str) -> None:
-    assert result.returncode == status, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("gearshift: error: ")]
-    assert len(errors) == 1, result.stderr
-    assert message.lower() in errors[0].lower(), result.stderr
+    assert_error(result, status, message)
 
 
 def test_port_in_use() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         result = run_gearshift(["-b", f"127.0.0.1:{port}"])
-    _assert_error(result, 1, f"cannot listen on 127.0.0.1:{port}: address already in use")
+    assert_error(result, 1, f"cannot listen on 127.0.0.1:{port}: address already in use")
 
 
 def test_permission_denied() -> None:
@@ -980,20 +974,20 @@ def test_permission_denied() -> None:
     elif int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 80:
         pytest.skip("port 80 is not privileged here")
     result = run_gearshift(["-b", "127.0.0.1:80"], command=command)
-    _assert_error(result, 1, "cannot listen on 127.0.0.1:80: permission denied (ports below 1024 need root")
+    assert_error(result, 1, "cannot listen on 127.0.0.1:80: permission denied (ports below 1024 need root")
 
 
 def test_fork_unavailable() -> None:
     code = "import os, sys; del os.fork; from gearshift.cli import main; sys.exit(main(sys.argv[1:]))"
     result = run_gearshift(["-b", "127.0.0.1:0", "-s", "fork"], command=[sys.executable, "-c", code])
-    _assert_error(result, 1, "strategy 'fork' needs os.fork(), which this platform does not have")
+    assert_error(result, 1, "strategy 'fork' needs os.fork(), which this platform does not have")
 
 
 def test_broken_plugin(tmp_path: Path) -> None:
     write_dist_info(tmp_path, "gearshift-broken", "0.0.1", {"broken": "broken_plugin_mod"})
     write_module(tmp_path, "broken_plugin_mod", "raise ImportError('plugin dependency missing')\n")
     result = run_gearshift(["-b", "127.0.0.1:0"], env=clean_env(PYTHONPATH=str(tmp_path)))
-    _assert_error(result, 1, "cannot load gearshift plugin gearshift-broken 0.0.1 (entry point 'broken'")
+    assert_error(result, 1, "cannot load gearshift plugin gearshift-broken 0.0.1 (entry point 'broken'")
     assert "plugin dependency missing" in result.stderr
 
 
@@ -1007,7 +1001,7 @@ def test_plugin_option_clash(tmp_path: Path) -> None:
             parser.add_argument("--max-children", type=int)
     """))
     result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
-    _assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') "
+    assert_error(result, 1, "gearshift plugin gearshift-clash 0.0.1 (entry point 'clash' = 'clash_plugin_mod') "
                              "failed in gearshift_add_options()")
     assert "conflicting option string: --max-children" in result.stderr
 
@@ -1054,39 +1048,7 @@ def test_example_plugin_installs_and_serves(tmp_path: Path) -> None:
         assert request(server.address(), "/json")[0] == 200
         assert server.stop() == 0
     assert "connections served" not in server.stderr
-    _assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
-
-
-GREETER_PLUGIN = '''
-import gearshift
-from gearshift.settings import Setting
-
-
-class GreeterStrategy(gearshift.Strategy):
-    """Like sync, with options declared as Settings."""
-    name = "greeter"
-
-    def __init__(self, server, *, greeting="hi", loud=False):
-        super().__init__(server)
-        self.greeting, self.loud = greeting, loud
-
-    def process_request(self, request, client_address):
-        self.handle_connection(request, client_address)
-
-
-@gearshift.hookimpl
-def gearshift_strategies():
-    return [GreeterStrategy]
-
-
-@gearshift.hookimpl
-def gearshift_add_options(parser):
-    return [
-        Setting("greeting", ("--greeting",), "greeter: the greeting", metavar="WORD",
-                check=lambda word: None if word.isalpha() else "must be letters only"),
-        Setting("loud", ("--loud",), "greeter: shout", kind="flag"),
-    ]
-'''
+    assert_error(run_gearshift(["-s", "reversed", "--log-every", "-1"], env=env), 2, ": --log-every must be")
 
 
 def test_plugin_settings_get_a_variable_help_and_validation(tmp_path: Path) -> None:
@@ -1102,11 +1064,11 @@ def test_plugin_settings_get_a_variable_help_and_validation(tmp_path: Path) -> N
         assert "with strategy greeter (greeting=hello, loud=True)" in server.stderr
         assert request(server.address(), "/")[0] == 200
         assert server.stop() == 0
-    _assert_error(run_gearshift(["-s", "greeter", "--greeting", "h1"], env=env), 2, "--greeting must be letters only")
-    _assert_error(run_gearshift(["-s", "greeter"], env={**env, "GEARSHIFT_GREETING": "h1"}), 2,
+    assert_error(run_gearshift(["-s", "greeter", "--greeting", "h1"], env=env), 2, "--greeting must be letters only")
+    assert_error(run_gearshift(["-s", "greeter"], env={**env, "GEARSHIFT_GREETING": "h1"}), 2,
                   "GEARSHIFT_GREETING must be letters only")
     # a declared setting names its strategy's option: given to another strategy, it is an error
-    _assert_error(run_gearshift(["-s", "sync", "--greeting", "hello"], env=env), 2,
+    assert_error(run_gearshift(["-s", "sync", "--greeting", "hello"], env=env), 2,
                   "--greeting (GEARSHIFT_GREETING) does not apply to strategy 'sync'")
 
 
@@ -1120,7 +1082,7 @@ def test_plugin_options_that_are_not_settings_are_a_plugin_error(tmp_path: Path)
             return ["--odd"]
     """))
     result = run_gearshift(["--help"], env=clean_env(PYTHONPATH=str(tmp_path)))
-    _assert_error(result, 1, "gearshift plugin gearshift-odd 0.1 (entry point 'odd' = 'odd_plugin_mod') failed in "
+    assert_error(result, 1, "gearshift plugin gearshift-odd 0.1 (entry point 'odd' = 'odd_plugin_mod') failed in "
                              "gearshift_add_options(): TypeError: it must return None or a list of")
 
 

@@ -21,6 +21,7 @@ import contextlib
 import difflib
 import errno
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -33,13 +34,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import __version__, demo
+from . import __version__, demo, process
+from .config import find_config
 from .core.errors import PluginError, StrategyUnavailableError, UnknownStrategyError, WorkerBootError
 from .core.listeners import create_listener
 from .core.plugins import available_strategies, hook_implementations, resolve_strategy, strategy_origins
 from .core.strategy import CAPABILITIES, Strategy
 from .http import make_server
-from .http.server import WSGIApp, WSGIServer
+from .http.server import HTTPConfig, WSGIApp, WSGIServer
 from .loader import AppLoadError, AppSpecError, load_app, parse_app_spec
 from .settings import ENV_PREFIX, FALSE_WORDS, TRUE_WORDS, Setting, SettingError
 from .signals import Interrupted, Signals, exit_if_threads_remain
@@ -116,7 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
              "systemd socket activation (LISTEN_FDS/LISTEN_PID) is detected without it",
     ),
     Setting(
-        "umask", ("--umask",), type=_octal, metavar="OCTAL", group=WHERE, target="command",
+        "umask", ("--umask",), type=_octal, octal=True, metavar="OCTAL", group=WHERE, target="command",
         help="Unix sockets the command creates get the mode 0777 & ~OCTAL (007: the owner and its "
              "group may connect; default: the process umask)",
     ),
@@ -186,10 +188,22 @@ SETTINGS: tuple[Setting, ...] = (
         help="log one line per request to PATH (appended; SIGUSR1 reopens it), or to stderr for "
              "'-' (default -; --no-access-log for none)",
     ),
+    Setting("config", ("--config",), metavar="PATH", group=PROCESS, target="command",
+            help="read settings from this TOML file: a gearshift.toml, or a pyproject.toml's [tool.gearshift] "
+                 "(default: whichever of the two is in the --chdir directory or the current one)"),
+    Setting("chdir", ("--chdir",), metavar="DIR", group=PROCESS, target="command",
+            help="change to DIR before reading the configuration file there and importing the application"),
+    Setting("pid", ("--pid",), metavar="FILE", group=PROCESS, target="command",
+            help="write the server's pid to FILE once it listens, and remove it at exit; refuse to start "
+                 "while FILE names a running process"),
+    Setting("user", ("--user",), metavar="USER", group=PROCESS, target="command",
+            help="started as root: become USER (a name or a uid) once listening, before importing the application"),
+    Setting("group", ("--group",), metavar="GROUP", group=PROCESS, target="command",
+            help="started as root: become GROUP (a name or a gid; default: USER's group) once listening"),
 )
 GROUPS = (WHERE, STRATEGY, HTTP, PROCESS)
 #: Options that are actions rather than settings: not read from the environment.
-ACTIONS = ("-h", "--help", "--version", "--list-strategies")
+ACTIONS = ("-h", "--help", "--version", "--list-strategies", "--print-config", "--check-config")
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -207,11 +221,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.list_strategies:
             sys.stdout.write(format_strategies())
             return 0
+        if args.print_config:
+            sys.stdout.write(format_config(args))
+            return 0
+        if args.chdir is not None:
+            process.change_directory(args.chdir, source_name(args, "chdir"))
+            _make_cwd_importable()
+        if args.check_config:
+            return check_config(args, environ)
         return serve(args, environ)
     except (UsageError, AppSpecError) as exc:
         _error(str(exc), hint=True)
         return 2
-    except (CommandError, AppLoadError, PluginError, WorkerBootError) as exc:
+    except (CommandError, AppLoadError, PluginError, WorkerBootError, process.ProcessSetupError) as exc:
         _error(str(exc))
         return 1
     except KeyboardInterrupt:  # Ctrl+C before the signal handlers are in place
@@ -264,7 +286,9 @@ class Parser(argparse.ArgumentParser):
                 "Every option can also be set with an environment variable GEARSHIFT_<NAME> (shown in "
                 "brackets); the command line wins. Flags take 1/0, true/false, yes/no or on/off; "
                 "repeatable options take several values separated by spaces or commas. "
-                "MODULE:APP can be given as GEARSHIFT_APP. Signals: SIGTERM and SIGINT stop gracefully, "
+                "MODULE:APP can be given as GEARSHIFT_APP. A configuration file (gearshift.toml, or "
+                "[tool.gearshift] in pyproject.toml; keys are the options' names) comes below the "
+                "environment. Signals: SIGTERM and SIGINT stop gracefully, "
                 "SIGQUIT at once; SIGUSR1 reopens the access log; under prefork SIGHUP reloads and "
                 "SIGTTIN/SIGTTOU add or remove a worker; otherwise SIGHUP and SIGUSR2 are logged and ignored."
             ),
@@ -345,6 +369,14 @@ def build_parser() -> Parser:
     parser.groups[STRATEGY].add_argument(
         "--list-strategies", action="store_true", help="list available strategies and exit"
     )
+    parser.groups[PROCESS].add_argument(
+        "--print-config", action="store_true",
+        help="print every setting, its value and where it came from, and exit (binds nothing, imports nothing)",
+    )
+    parser.groups[PROCESS].add_argument(
+        "--check-config", action="store_true",
+        help="read the configuration and import the application, bind nothing, and exit: 0 if it would start",
+    )
     _add_plugin_settings(parser)  # the strategies' own options follow, in the "strategy" group
     return parser
 
@@ -372,41 +404,74 @@ def _add_plugin_settings(parser: Parser) -> None:
 
 class Arguments(argparse.Namespace):
     """The parsed command: an attribute per setting (its value, or its default), ``given`` (how
-    each given setting was given: its flag or its variable, for error messages), ``settings``
-    (the table) and ``warnings`` (for the log, once it is set up)."""
+    each given setting was given: its flag, its variable or its file and key, for error
+    messages), ``sources`` (where each setting's value came from, for ``--print-config``),
+    ``config_file`` (the file read, if any), ``settings`` (the table), ``warnings`` and
+    ``notes`` (for the log, once it is set up)."""
 
-    RESERVED = frozenset({"settings", "given", "warnings", "list_strategies"})
+    RESERVED = frozenset({"settings", "given", "sources", "warnings", "notes", "list_strategies", "print_config",
+                          "check_config", "config_file"})
 
     def __init__(self, settings: Sequence[Setting] = ()) -> None:
         super().__init__()
         self.settings = tuple(settings)
         self.given: dict[str, str] = {}
+        self.sources: dict[str, str] = {}
         self.warnings: list[str] = []
+        self.notes: list[str] = []
         self.list_strategies = False
+        self.print_config = False
+        self.check_config = False
+        self.config_file: str | None = None  # how messages name it
+
+
+#: The source of a setting nobody gave.
+DEFAULT = "default"
 
 
 def parse_args(parser: Parser, argv: Sequence[str] | None, environ: Mapping[str, str]) -> Arguments:
-    """Each setting's value: from the command line, else from ``GEARSHIFT_<NAME>``, else its default."""
+    """Each setting's value: from the command line, else from ``GEARSHIFT_<NAME>``, else from the
+    configuration file, else its default. A flag given false (in the environment or the file)
+    stops the search there, and leaves the setting at its default."""
     parsed, extras = parser.parse_known_args(argv)
     if extras:
         raise UsageError(_unrecognized(parser, extras))
     args = Arguments(parser.settings)
-    args.list_strategies = parsed.list_strategies
+    args.list_strategies, args.print_config = parsed.list_strategies, parsed.print_config
+    args.check_config = parsed.check_config
+    try:
+        command_line = {
+            setting.name: (value, setting.shown_as)
+            for setting in parser.settings if (value := getattr(parsed, setting.name, None)) is not None
+        }
+        environment = {
+            setting.name: (value, setting.env_name)
+            for setting in parser.settings if (value := setting.from_env(environ)) is not None
+        }
+        # Which file to read is the one thing decided before reading it.
+        above_file = {**environment, **command_line}
+        config, config_origin = above_file.get("config", (None, "--config"))
+        chdir = above_file.get("chdir", (None, ""))[0]
+        config_file = find_config(config, config_origin, chdir)
+        in_file = config_file.values(parser.settings) if config_file is not None else {}
+    except SettingError as exc:
+        raise UsageError(str(exc)) from None
     for setting in parser.settings:
-        value, source = getattr(parsed, setting.name, None), setting.shown_as
-        if value is None:
-            try:
-                value, source = setting.from_env(environ), setting.env_name
-            except SettingError as exc:
-                raise UsageError(str(exc)) from None
-        if value is None:
+        name = setting.name
+        layer = next((layer for layer in (command_line, environment, in_file) if name in layer), {})
+        value, source = layer.get(name, (None, DEFAULT))
+        args.sources[name] = config_file.label if layer is in_file and config_file is not None else source
+        if value is None or value is False and setting.kind == "flag":
             value = setting.default
         else:
-            args.given[setting.name] = source
+            args.given[name] = source
             problem = setting.check(value) if setting.check is not None else None
             if problem:
                 raise UsageError(f"{source} {problem}")
-        setattr(args, setting.name, value)
+        setattr(args, name, value)
+    if config_file is not None:
+        args.notes += config_file.notes
+        args.config_file = config_file.label
     if args.app is None and args.access_log not in (None, "-") and _looks_like_app(args.access_log):
         # "gearshift --access-log hello": a log file named hello, or the app hello with the
         # access log on stderr? Neither guess is safe, and serving the demo would hide it.
@@ -706,13 +771,12 @@ def _read_pem(flag: str, path: str) -> str:
 
 
 def serve(args: Arguments, environ: Any) -> int:
-    try:
-        strategy = resolve_strategy(args.strategy)
-    except UnknownStrategyError as exc:
-        raise UsageError(str(exc)) from None
+    strategy = _strategy(args)
     setup_logging(args.log_level, None if args.no_access_log else args.access_log)
     for warning in args.warnings:
         log.warning("%s", warning)
+    for note in args.notes:
+        log.info("%s", note)
     signals = Signals()
     signals.install()
     try:
@@ -722,31 +786,24 @@ def serve(args: Arguments, environ: Any) -> int:
 
 
 def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Signals) -> int:
-    ssl_context = ssl_context_from(args)
-    binds = []
-    for fd in listen_fds(environ):
-        check_fd(fd, "socket activation (LISTEN_FDS)")
-        binds.append(Bind(f"socket activation fd {fd}", fd=fd))
-    for fd in args.fd or []:
-        check_fd(fd, f"--fd {fd}")
-        binds.append(Bind(f"--fd {fd}", fd=fd))
-    binds += [parse_bind(text) for text in args.bind or ([] if binds else [DEFAULT_BIND])]
-
-    if args.preload and not strategy.worker_processes:
-        raise UsageError(
-            f"{source_name(args, 'preload')} does not apply to strategy {strategy.name!r}, which serves from "
-            f"the process that imports the application"
-        )
+    pid_file = process.PidFile(args.pid, source_name(args, "pid")) if args.pid is not None else None
+    if pid_file is not None:
+        pid_file.check()  # before binding: a live server keeps its port and its file
+    identity = _identity(args)
+    ssl_context = ssl_context_from(args)  # as root: a key only root may read is fine
+    binds = _binds(args, environ, socket_activation=True)
+    _check_preload(args, strategy)
     # A strategy with worker processes imports the application in each of them (after the
-    # fork, so that a reload imports it afresh), unless it is preloaded here.
+    # fork, so that a reload imports it afresh), unless it is preloaded here. With --user it
+    # is imported once the process is that user: root binds, the application never runs as root.
     in_workers = args.app is not None and strategy.worker_processes and not args.preload
     if args.app is None:
         app: WSGIApp = demo.app
         app_note = "no MODULE:APP given: serving the built-in demo app"
-    elif in_workers:
-        parse_app_spec(args.app)  # a malformed MODULE:APP is a usage error here, not in a worker
-        app = _imported_in_workers
-        app_note = f"{args.app} is imported by each worker process"
+    elif in_workers or identity is not None:
+        parse_app_spec(args.app)  # a malformed MODULE:APP is a usage error before binding
+        app = _imported_elsewhere
+        app_note = f"{args.app} is imported by each worker process" if in_workers else f"loaded {args.app}"
     else:
         app = load_app(args.app)
         app_note = f"loaded {args.app}"
@@ -755,22 +812,121 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         server = build_server(app, strategy, binds, options, ssl_context, umask=args.umask)
     except UsageError as exc:
         raise UsageError(_name_options(str(exc), args)) from None
-    if in_workers:
-        spec = args.app
-
-        def import_app() -> None:
-            server.app = load_app(spec)
-
-        server.setup_worker = import_app  # type: ignore[method-assign]
     try:
+        if pid_file is not None:
+            pid_file.write()
+        if identity is not None:
+            process.hand_over([bind.path for bind in binds if bind.path is not None], identity)
+            process.drop_privileges(identity)  # prefork's workers, forked later, inherit it
+        if in_workers:
+            spec = args.app
+
+            def import_app() -> None:
+                server.app = load_app(spec)
+
+            server.setup_worker = import_app  # type: ignore[method-assign]
+        elif app is _imported_elsewhere:
+            server.app = load_app(args.app)
         return run(server, args, app_note, signals)
     finally:
         server.server_close()  # already done after a graceful stop; this is for errors
+        if pid_file is not None:
+            pid_file.remove()
 
 
-def _imported_in_workers(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-    """The application of a master whose workers import the real one: it never serves."""
-    raise RuntimeError("the application is imported in each worker process, not in the master")
+def _strategy(args: Arguments) -> type[Strategy]:
+    try:
+        return resolve_strategy(args.strategy)
+    except UnknownStrategyError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _identity(args: Arguments) -> process.Identity | None:
+    return process.resolve_identity(args.user, args.group, (source_name(args, "user"), source_name(args, "group")))
+
+
+def _binds(args: Arguments, environ: Any, socket_activation: bool) -> list[Bind]:
+    """Where to listen: socket activation's descriptors (unless ``socket_activation`` is false:
+    reading them takes them out of the environment), ``--fd``, then ``--bind``."""
+    binds = []
+    for fd in listen_fds(environ) if socket_activation else []:
+        check_fd(fd, "socket activation (LISTEN_FDS)")
+        binds.append(Bind(f"socket activation fd {fd}", fd=fd))
+    for fd in args.fd or []:
+        check_fd(fd, f"--fd {fd}")
+        binds.append(Bind(f"--fd {fd}", fd=fd))
+    return binds + [parse_bind(text) for text in args.bind or ([] if binds else [DEFAULT_BIND])]
+
+
+def _check_preload(args: Arguments, strategy: type[Strategy]) -> None:
+    if args.preload and not strategy.worker_processes:
+        raise UsageError(
+            f"{source_name(args, 'preload')} does not apply to strategy {strategy.name!r}, which serves from "
+            f"the process that imports the application"
+        )
+
+
+def _imported_elsewhere(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+    """The application of a server whose real one is imported later (after dropping privileges)
+    or elsewhere (in each worker process): it never serves."""
+    raise RuntimeError("the application is imported after binding, or in each worker process")
+
+
+# -- --check-config and --print-config -----------------------------------------------------------
+
+
+def check_config(args: Arguments, environ: Any) -> int:
+    """What serving would check before accepting, short of binding: the strategy and its
+    options, the addresses, the TLS files, the pid file, the user, and the application, which
+    is imported (in this process, whatever the strategy)."""
+    strategy = _strategy(args)
+    if args.pid is not None:
+        process.PidFile(args.pid, source_name(args, "pid")).check()
+    _identity(args)
+    ssl_context = ssl_context_from(args)
+    binds = _binds(args, environ, socket_activation=False)
+    _check_preload(args, strategy)
+    app = load_app(args.app) if args.app is not None else demo.app
+    options = {**server_options(args), **strategy_options(args, strategy)}
+    http_options = dict(options)
+    try:
+        config = HTTPConfig.from_options(http_options)
+        # Unbound (bind_and_activate=False): the options and the strategy are checked as
+        # make_server() checks them, and no address is touched.
+        server = WSGIServer(("127.0.0.1", 0), app, strategy, config=config, ssl_context=ssl_context,
+                            umask=args.umask, bind_and_activate=False, **http_options)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(_name_options(str(exc), args)) from None
+    server.server_close()
+    what = args.app if args.app is not None else "the built-in demo app"
+    where = ", ".join(bind.text for bind in binds)
+    settings = f"; settings from {args.config_file}" if args.config_file is not None else ""
+    sys.stdout.write(f"{PROG}: configuration ok: {what} on {where} with strategy {strategy.name}{settings}\n")
+    return 0
+
+
+def format_config(args: Arguments) -> str:
+    """``--print-config``: one line per setting, ``name = value  # source``, the value as a
+    configuration file would spell it; "not set" leaves the built-in default (see ``--help``)."""
+    rows = [(setting.name, _as_toml(setting, getattr(args, setting.name)), args.sources[setting.name])
+            for setting in args.settings]
+    name_width = max(len(name) for name, _, _ in rows)
+    value_width = min(40, max(len(value) for _, value, _ in rows))
+    return "".join(f"{name:<{name_width}} = {value:<{value_width}}  # {source}\n" for name, value, source in rows)
+
+
+def _as_toml(setting: Setting, value: Any) -> str:
+    if value is None:
+        return "false" if setting.kind == "flag" else "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if setting.octal and isinstance(value, int):
+        return f"0o{value:03o}"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_as_toml(setting, item) for item in value) + "]"
+    return json.dumps(str(value))
 
 
 def _name_options(message: str, args: Arguments) -> str:
@@ -779,7 +935,8 @@ def _name_options(message: str, args: Arguments) -> str:
     for setting in args.settings:
         if setting.name in args.given and setting.target != "command":
             keyword = re.escape(setting.passed_as)
-            message = re.sub(rf"(?<![\w-]){keyword}(?![\w-])", args.given[setting.name], message)
+            given = args.given[setting.name].replace("\\", "\\\\")  # a replacement string, not a pattern
+            message = re.sub(rf"(?<![\w-]){keyword}(?![\w-])", given, message)
     return message
 
 

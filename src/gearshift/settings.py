@@ -1,10 +1,11 @@
 """The ``gearshift`` command's settings: one :class:`Setting` per option, declared once.
 
 A setting says everything the command needs to know about one option: its flags, its
-``GEARSHIFT_*`` environment variable (derived from its name), how its text becomes a value,
+``GEARSHIFT_*`` environment variable (derived from its name), its key in a configuration file
+(its name; see :mod:`gearshift.config`), how its text becomes a value,
 its default, its help, what it must satisfy, and where its value goes (the command itself,
-``make_server()``, or the selected strategy). The command's parser, its environment reading,
-its ``--help`` and the ``make_server()`` call are all derived from the table of settings
+``make_server()``, or the selected strategy). The command's parser, its environment and configuration-file
+reading, its ``--help`` and the ``make_server()`` call are all derived from the table of settings
 (``cli.SETTINGS`` plus what strategy plugins declare through ``gearshift_add_options``).
 
 This module is what a plugin imports to declare its strategy's options::
@@ -51,7 +52,9 @@ class Setting:
     environment 1/0, true/false, yes/no, on/off) or ``"list"`` (repeatable; in the environment
     several values separated by spaces or commas; the command line replaces the environment's).
     ``type`` turns one text into a value (raising ``ValueError`` or
-    ``argparse.ArgumentTypeError``); ``check`` returns a complaint such as ``"must be >= 0"``
+    ``argparse.ArgumentTypeError``); ``octal`` says a TOML integer is the number itself
+    (``umask = 0o007``) rather than text for ``type`` (which reads ``"7"`` for 0o007, but
+    ``"18"`` for 0o022); ``check`` returns a complaint such as ``"must be >= 0"``
     about a converted value, or None. ``group`` is its section of ``--help``; ``target`` says
     where its value goes (see :data:`Target`): a plugin's settings are its strategy's options.
     """
@@ -68,6 +71,7 @@ class Setting:
     group: str = "strategy"
     target: Target = "strategy"
     keyword: str | None = None  # the make_server() keyword, when it is not ``name``
+    octal: bool = False
 
     @property
     def env_name(self) -> str:
@@ -102,21 +106,55 @@ class Setting:
         return action
 
     def from_env(self, environ: Mapping[str, str]) -> Any:
-        """The value ``GEARSHIFT_<NAME>`` gives, or None if it gives none."""
+        """The value ``GEARSHIFT_<NAME>`` gives, or None if it gives none. A flag's false
+        value is False, not None: it is given, and hides what a configuration file says."""
         name = self.env_name
         raw = environ.get(name, "").strip()
         if not raw:
             return None
         if self.kind == "flag":
             word = raw.lower()
-            if word in FALSE_WORDS:
-                return None
-            if word not in TRUE_WORDS:
+            if word not in TRUE_WORDS | FALSE_WORDS:
                 raise SettingError(f"{name}={raw!r}: expected 1/0, true/false, yes/no or on/off")
-            return True
+            return word in TRUE_WORDS
         if self.kind == "list":
-            return [self.convert(item, name) for item in re.split(r"[\s,]+", raw) if item]
+            return self.convert_list(raw, name)
         return self.convert(raw, name)
+
+    def from_file(self, value: object, source: str) -> Any:
+        """The value a TOML configuration file gives (``source`` names the file and key): a
+        flag takes a boolean, a list an array or a string like the environment's, a value a
+        string or, for numbers, a TOML number; each then goes through :meth:`convert`."""
+        if self.kind == "flag":
+            if not isinstance(value, bool):
+                raise SettingError(f"{source}: expected true or false, not {_toml(value)}")
+            return value
+        if self.kind == "list":
+            if isinstance(value, str):
+                return self.convert_list(value, source)
+            if not isinstance(value, list):
+                raise SettingError(f"{source}: expected an array (or a string), not {_toml(value)}")
+            return [self.convert(self._file_text(item, source), source) for item in value]
+        return self.convert(self._file_text(value, source), source)
+
+    def _file_text(self, value: object, source: str) -> str:
+        numeric = self.type in (int, float)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            if numeric:
+                raise SettingError(f"{source}: expected a number, not {_toml(value)}")
+            return "true" if value else "false"  # a yes/no value (buffer_request_body = false)
+        if isinstance(value, int) and self.octal:
+            return format(value, "o")
+        if isinstance(value, (int, float)):
+            return str(value)
+        kind = "a string or a number" if numeric else "a string"
+        raise SettingError(f"{source}: expected {kind}, not {_toml(value)}")
+
+    def convert_list(self, text: str, source: str) -> list[Any]:
+        """Several values in one text, separated by spaces or commas."""
+        return [self.convert(item, source) for item in re.split(r"[\s,]+", text) if item]
 
     def convert(self, text: str, source: str) -> Any:
         try:
@@ -140,6 +178,17 @@ class Setting:
             choices=tuple(action.choices) if action.choices is not None else None, kind=kind,
             target="if-accepted",
         )
+
+
+def _toml(value: object) -> str:
+    """A value as the TOML file spelt it, for errors."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
 
 
 def env_name(name: str) -> str:
