@@ -45,6 +45,12 @@ fork-floor            a reference, not a WSGI server: gearshift ``Server(..., st
 loop-floor            a reference: one thread, an epoll loop, a fixed ``Hello, World!`` response
                       to every request head (keep-alive, or close when asked); no parser, no
                       environ, no application: the most an in-loop server (``sync``) can do here
+wsgi-floor            a reference: loop-floor's loop, but each request is parsed by httptools (the
+                      parser gearshift uses), a minimal PEP 3333 environ is built, the WSGI app is
+                      called and its response written in one ``send``; no limits, no timeouts, no
+                      validation, no pipelining, no hand-back: the least a Python WSGI server in
+                      one thread does per request, so ``gearshift-sync`` / ``wsgi-floor`` is how
+                      much of a request's cost is gearshift's own
 handoff-floor         a reference: the same, but the loop hands each readable connection to one
                       of 4 threads (a ``SimpleQueue``), which reads, answers and re-arms it in
                       epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a thread pool, so
@@ -261,6 +267,75 @@ def run_loop_floor(port: int) -> None:
                 conns.pop(fd).close()
 
 
+def run_wsgi_floor(port: int) -> None:
+    import io
+    import select
+    from email.utils import formatdate
+
+    import httptools
+
+    app = _app()
+    listener, poller = _floor_listener(port)
+    base = {"SERVER_NAME": HOST, "SERVER_PORT": str(port), "SCRIPT_NAME": "", "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+            "wsgi.multiprocess": False, "wsgi.run_once": False}
+
+    class Request:
+        """httptools callbacks: collect one request's environ; answer it when it is complete."""
+
+        def __init__(self, conn: socket.socket) -> None:
+            self.conn, self.environ, self.open = conn, base.copy(), True
+            self.parser = httptools.HttpRequestParser(self)
+
+        def on_url(self, url: bytes) -> None:
+            parsed = httptools.parse_url(url)
+            self.environ["PATH_INFO"] = parsed.path.decode("latin-1")
+            self.environ["QUERY_STRING"] = (parsed.query or b"").decode("latin-1")
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.environ["HTTP_" + name.decode("latin-1").upper().replace("-", "_")] = value.decode("latin-1")
+
+        def on_message_complete(self) -> None:
+            environ, self.environ = self.environ, base.copy()
+            environ["REQUEST_METHOD"] = self.parser.get_method().decode("latin-1")
+            environ["SERVER_PROTOCOL"] = "HTTP/" + self.parser.get_http_version()
+            environ["wsgi.input"] = io.BytesIO()
+            response: list[Any] = []
+            body = b"".join(app(environ, lambda status, headers, exc_info=None: response.extend((status, headers))))
+            status, headers = response
+            keep = self.parser.should_keep_alive()
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+            self.conn.send(b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n%s" % (
+                status.encode("latin-1"), head.encode("latin-1"), formatdate(usegmt=True).encode(),
+                b"" if keep else b"Connection: close\r\n", body))
+            self.open = keep
+
+    requests: dict[int, Request] = {}
+    while True:
+        for fd, _ in poller.poll():
+            if fd == listener.fileno():
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                requests[conn.fileno()] = Request(conn)
+                poller.register(conn.fileno(), select.EPOLLIN)
+                continue
+            request = requests[fd]
+            try:
+                data = request.conn.recv(65536)
+                if data:
+                    request.parser.feed_data(data)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except (OSError, httptools.HttpParserError):
+                data = b""
+            if not data or not request.open:
+                poller.unregister(fd)
+                requests.pop(fd).conn.close()
+
+
 def run_handoff_floor(port: int) -> None:
     import queue
     import select
@@ -306,6 +381,7 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "fork-floor": run_fork_floor,
     "loop-floor": run_loop_floor,
     "handoff-floor": run_handoff_floor,
+    "wsgi-floor": run_wsgi_floor,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +501,11 @@ def start_loop_floor(port: int, log_path: Path | None = None, python_args: Seque
     return _entry("loop-floor", port, log_path, python_args, app=app)
 
 
+def start_wsgi_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                     app: str = DEFAULT_APP) -> Popen:
+    return _entry("wsgi-floor", port, log_path, python_args, app=app)
+
+
 def start_handoff_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
                         app: str = DEFAULT_APP) -> Popen:
     return _entry("handoff-floor", port, log_path, python_args, app=app)
@@ -493,6 +574,7 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "fork-floor": start_fork_floor,
     "loop-floor": start_loop_floor,
     "handoff-floor": start_handoff_floor,
+    "wsgi-floor": start_wsgi_floor,
 }
 
 #: the Python packages each server needs (for the setup check in bench_http.py)
@@ -514,6 +596,7 @@ REQUIRES: dict[str, str] = {
     "fork-floor": "gearshift",
     "loop-floor": "gearshift",
     "handoff-floor": "gearshift",
+    "wsgi-floor": "httptools",
 }
 
 
