@@ -201,6 +201,23 @@ def test_threadpool_gauges_show_busy_threads_and_the_queue(monkeypatch: pytest.M
         assert value(samples, "gearshift_queue_depth") == 0
 
 
+@pytest.mark.parametrize("strategy", ["sync", "thread", "threadpool"])
+def test_strategy_stats_count_the_handlers_in_flight(strategy: str) -> None:
+    app = SlowApp()
+    server = gearshift.make_server("127.0.0.1", 0, app, strategy)
+    with serve(server):
+        assert server.strategy.stats()["busy"] == 0
+        slow = BackgroundRequest(("127.0.0.1", server.server_address[1]), "/slow")
+        try:
+            assert app.entered(1)
+            assert server.strategy.stats()["busy"] == 1
+        finally:
+            app.release.set()
+            slow.join(HANG_GUARD)
+        assert slow.result is not None and slow.result[0] == 200
+        assert wait_for(lambda: server.strategy.stats()["busy"] == 0)
+
+
 def test_metrics_register_hooks_only_while_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server without metrics pays nothing: no observer is registered, so every hook is skipped."""
     assert observers().request_finished == ()
