@@ -183,9 +183,15 @@ def children_of(pid: int) -> list[int]:
 
 def _established_on(port: int) -> set[bytes]:
     """Inodes of the established TCP sockets whose local port is ``port`` (the server's side of
-    its accepted connections), from /proc/net/tcp{,6}. A regular expression rather than a split
-    of every row: on a busy test machine the tables hold thousands of TIME_WAIT rows."""
-    row = re.compile(rb"^ *\d+: [0-9A-F]+:%04X [0-9A-F]+:[0-9A-F]+ 01 (?:\S+ +){5}(\d+)" % port, re.M)
+    its accepted connections), from /proc/net/tcp{,6}."""
+    return _sockets_on(port, b"01")
+
+
+def _sockets_on(port: int, state: bytes) -> set[bytes]:
+    """Inodes of the TCP sockets in ``state`` (/proc's hex: 01 established, 0A listening) whose
+    local port is ``port``. A regular expression rather than a split of every row: on a busy
+    test machine the tables hold thousands of TIME_WAIT rows."""
+    row = re.compile(rb"^ *\d+: [0-9A-F]+:%04X [0-9A-F]+:[0-9A-F]+ %s (?:\S+ +){5}(\d+)" % (port, state), re.M)
     inodes: set[bytes] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -216,9 +222,18 @@ def _direct_children(pid: int) -> list[int]:
 def holding_a_connection(pid: int, port: int) -> list[int]:
     """``pid`` and those of its children that hold an accepted connection on ``port``: the
     process (or the forked child) that has taken a client off the listen backlog."""
-    inodes = _established_on(port)
+    return _holders((pid, *_direct_children(pid)), _established_on(port))
+
+
+def holding_the_listener(pids: Iterable[int], port: int) -> list[int]:
+    """Those of ``pids`` that hold a socket listening on ``port`` (a copy inherited over a fork
+    counts: it keeps the port taken)."""
+    return _holders(pids, _sockets_on(port, b"0A"))
+
+
+def _holders(pids: Iterable[int], inodes: set[bytes]) -> list[int]:
     holders = []
-    for candidate in (pid, *_direct_children(pid)):
+    for candidate in pids:
         try:
             fds = os.listdir(f"/proc/{candidate}/fd")
         except OSError:

@@ -49,6 +49,8 @@ from .signals import Interrupted, Signals, exit_if_threads_remain
 if TYPE_CHECKING:
     import ssl
 
+    from . import metrics as gearshift_metrics
+
 log = logging.getLogger("gearshift")
 access_log = logging.getLogger("gearshift.access")
 
@@ -182,6 +184,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", ("--log-level",), "level of the 'gearshift' logger (default info)", type=str.lower,
             default="info", choices=LOG_LEVELS, group=PROCESS, target="command"),
+    Setting(
+        "metrics_bind", ("--metrics-bind",), metavar="HOST:PORT", group=PROCESS, target="command",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, apart from the application (needs "
+             "gearshift[prometheus]; default: off)",
+    ),
     Setting(
         "access_log", ("--access-log",), metavar="PATH", group=PROCESS, target="command",
         default="-",
@@ -812,6 +819,7 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         server = build_server(app, strategy, binds, options, ssl_context, umask=args.umask)
     except UsageError as exc:
         raise UsageError(_name_options(str(exc), args)) from None
+    metrics = None
     try:
         if pid_file is not None:
             pid_file.write()
@@ -827,11 +835,37 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
             server.setup_worker = import_app  # type: ignore[method-assign]
         elif app is _imported_elsewhere:
             server.app = load_app(args.app)
+        if args.metrics_bind is not None:
+            # After the drop: under prefork its directory must be writable by the workers.
+            metrics = enable_metrics(server, args)
         return run(server, args, app_note, signals)
     finally:
         server.server_close()  # already done after a graceful stop; this is for errors
+        if metrics is not None:
+            metrics.close()  # after the workers are gone: they write to its directory until then
         if pid_file is not None:
             pid_file.remove()
+
+
+def enable_metrics(server: WSGIServer, args: Arguments) -> gearshift_metrics.Metrics:
+    """``--metrics-bind``: :func:`gearshift.metrics.enable`, its errors in the command's words."""
+    flag = source_name(args, "metrics_bind")
+    try:
+        bind = parse_bind(args.metrics_bind)
+    except UsageError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    if bind.path is not None or bind.host is None or bind.port is None:
+        raise UsageError(f"{flag} takes HOST:PORT or [IPV6]:PORT (Prometheus scrapes over TCP), not {bind.text!r}")
+    from . import metrics as gearshift_metrics
+
+    try:
+        return gearshift_metrics.enable(server, (bind.host, bind.port))
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    except gearshift_metrics.MetricsError as exc:
+        raise CommandError(f"{flag}: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"{flag}: {_listen_error(bind, exc)}") from None
 
 
 def _strategy(args: Arguments) -> type[Strategy]:

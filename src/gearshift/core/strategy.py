@@ -80,6 +80,15 @@ server uses it:
     Stop every worker at once, without waiting for requests (a second Ctrl+C). It may run in a
     signal handler, so it must not log or take locks; it returns how many workers it stopped.
 
+``stats()``
+    What the strategy's load is now, as a mapping of counts, for monitoring (the metrics plugin,
+    :mod:`gearshift.metrics`, reads it when it is scraped, from another thread). A strategy
+    returns only the keys it knows cheaply and correctly, read without a lock (one attribute
+    or ``len()`` each, which are atomic), and never adds bookkeeping to the request path for
+    it. The keys (see :data:`STATS`): ``busy``, handlers running now (in-flight requests);
+    ``queued``, requests dispatched and waiting for a thread; ``threads``, the size of a fixed
+    pool of threads; ``workers``, worker processes running. The default is empty.
+
 Capabilities: the contract above is what every strategy honours; a few things some cannot do
 are capabilities, named in :data:`CAPABILITIES`. A strategy declares those it lacks in ``lacks``
 (default: none), a frozenset of those names (an unknown name is a ``ValueError`` when the class
@@ -118,6 +127,15 @@ CAPABILITIES: Mapping[str, str] = MappingProxyType({
     "concurrent": "handlers run concurrently, with each other and with the loop: a slow request holds up "
                   "no other, and one can be in flight while the server stops",
     "terminate": "terminate() stops running handlers at once (a thread cannot be stopped)",
+})
+
+
+#: The keys of ``Strategy.stats()``, with what each counts.
+STATS: Mapping[str, str] = MappingProxyType({
+    "busy": "handlers running now (in-flight requests)",
+    "queued": "requests waiting for a free thread",
+    "threads": "threads of the pool that runs handlers",
+    "workers": "worker processes running (starting, serving or draining)",
 })
 
 
@@ -187,6 +205,11 @@ class Strategy:
     def terminate(self) -> int:
         """Stop workers at once; return how many. Threads cannot be stopped: the default is 0."""
         return 0
+
+    def stats(self) -> Mapping[str, int]:
+        """The strategy's load now, by the keys of :data:`STATS` it knows (see the module
+        docstring); safe to call from any thread. The default knows none."""
+        return {}
 
     # -- helpers for subclasses and for the server --------------------------------------------
 

@@ -36,7 +36,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 from ..core.errors import StrategyUnavailableError
@@ -190,6 +190,11 @@ class ForkStrategy(Strategy):
         finally:
             if ours:
                 gc.unfreeze()
+
+    def stats(self) -> Mapping[str, int]:
+        """``busy``: children not reaped yet (one that has just finished counts until the next
+        loop turn reaps it)."""
+        return {"busy": len(self.active_children)}
 
     def service_actions(self) -> None:
         self.collect_children()

@@ -59,7 +59,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -552,6 +552,13 @@ class PreforkStrategy(Strategy):
             if not worker.stopping:
                 worker.stopping = True
                 _kill(worker.pid, signal.SIGTERM)
+
+    def stats(self) -> Mapping[str, int]:
+        """In the master, ``workers``: processes started and not reaped yet (starting, serving
+        or draining). In a worker, its inner strategy's."""
+        if self._in_worker:
+            return self.inner.stats()
+        return {"workers": len(self._workers)}
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
         """Outside a worker: ``handle_request()`` without ``serve()``, served in this process by

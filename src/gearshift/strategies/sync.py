@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 
 from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, Strategy
@@ -13,6 +14,7 @@ class SyncStrategy(Strategy):
 
     name = "sync"
     lacks = frozenset({"concurrent", "terminate"})
+    _busy = 0  # 1 while a handler runs: read by stats() from another thread
 
     def process_request(self, request: socket.socket, client_address: Address) -> None:
         # socketserver.BaseServer.process_request(), exactly: a handler's exception propagates to
@@ -20,8 +22,15 @@ class SyncStrategy(Strategy):
         # shutdown_request() for SystemExit or KeyboardInterrupt, once, before re-raising it.
         # (handle_connection()'s ``finally`` would close the connection a second time.)
         server = self.server
-        server.finish_request(request, client_address)
+        self._busy = 1
+        try:
+            server.finish_request(request, client_address)
+        finally:
+            self._busy = 0
         server.shutdown_request(request)
+
+    def stats(self) -> Mapping[str, int]:
+        return {"busy": self._busy}
 
 
 @hookimpl

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Mapping
 
 from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, OverloadLog, Strategy, bool_option, limit_option
@@ -95,6 +96,9 @@ class ThreadStrategy(Strategy):
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
+
+    def stats(self) -> Mapping[str, int]:
+        return {"busy": len(self._threads)}
 
     def service_actions(self) -> None:
         self._overload.check()

@@ -31,7 +31,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ..core.hookspecs import hookimpl
 from ..core.strategy import Address, OverloadLog, Strategy, limit_option, positive_int_option
@@ -71,6 +71,13 @@ class ThreadPoolStrategy(Strategy):
     def pending(self) -> int:
         """Requests dispatched and not finished yet: running in a thread or queued for one."""
         return self._pending
+
+    def stats(self) -> Mapping[str, int]:
+        """``busy`` and ``queued`` split :attr:`pending` (one read, no lock): while fewer than
+        ``threads`` requests are pending a thread is free for each, so none waits."""
+        pending = self._pending
+        busy = min(pending, self.threads)
+        return {"busy": busy, "queued": pending - busy, "threads": self.threads}
 
     def serve(self, run_loop: Callable[[], None]) -> None:
         self._start()  # before the first request, which would otherwise pay for it
