@@ -15,6 +15,7 @@ from .core import (
     hookimpl,
 )
 from .http import make_server
+from .serving import serve
 
 __all__ = [
     "GearshiftError",
@@ -27,4 +28,5 @@ __all__ = [
     "available_strategies",
     "hookimpl",
     "make_server",
+    "serve",
 ]
