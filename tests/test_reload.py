@@ -259,6 +259,10 @@ def test_the_deepest_watched_directory_judges(tmp_path: Path) -> None:
 def test_the_server_stops_when_the_reloader_is_killed(tmp_path: Path) -> None:
     with reloader(tmp_path) as proc:
         server = int(wait_serving(proc, 1)["pid"])
-        proc.proc.kill()  # SIGKILL: the reloader stops nothing itself
-        proc.proc.wait(10)
-        assert wait_for(lambda: not is_alive(server)), "the server outlived its reloader"
+        try:
+            proc.proc.kill()  # SIGKILL: the reloader stops nothing itself
+            proc.proc.wait(10)
+            assert wait_for(lambda: not is_alive(server)), "the server outlived its reloader"
+        finally:
+            if is_alive(server):
+                os.kill(server, signal.SIGKILL)
