@@ -214,15 +214,16 @@ def describe_changes(paths: Sequence[str], limit: int = 3) -> str:
 
 
 class _StopRequest:
-    """The stop signal received, as watchfiles' ``stop_event``: set by a signal handler, which must
-    not take a lock (threading.Event's set() does), read by watch() between its steps."""
+    """Why the reloader stops, as watchfiles' ``stop_event``: the stop signal received, or the exit
+    status to end with; set by a signal handler, which must not take a lock (threading.Event's
+    set() does), and read by watch() between its steps."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.status = 0
 
     def is_set(self) -> bool:
-        return self.signum is not None
+        return self.signum is not None or self.status != 0
 
 
 class Reloader:
@@ -264,7 +265,7 @@ class Reloader:
                 self._stop_child(signal.SIGTERM)
                 if not self.stop.is_set():
                     self._start()
-            if self.stop.signum is not None and self.stop.status == 0:
+            if self.stop.signum is not None:
                 name = signal.Signals(self.stop.signum).name
                 log.info("reloader: %s: stopping the server", name)
                 self._stop_child(signal.SIGQUIT if self.stop.signum == getattr(signal, "SIGQUIT", None)
@@ -291,7 +292,6 @@ class Reloader:
         if status == 2:
             log.error("reloader: the server exited with status 2 (its command line cannot work): stopping")
             self.stop.status = 2
-            self.stop.signum = signal.SIGTERM
             return
         log.warning("reloader: the server exited with status %d; it restarts when a watched file changes", status)
 
