@@ -17,6 +17,7 @@ from .core import (
     unregister_plugin,
 )
 from .http import make_server
+from .serving import serve
 
 __all__ = [
     "GearshiftError",
@@ -30,5 +31,6 @@ __all__ = [
     "hookimpl",
     "make_server",
     "register_plugin",
+    "serve",
     "unregister_plugin",
 ]

@@ -56,6 +56,7 @@ access_log = logging.getLogger("gearshift.access")
 
 PROG = "gearshift"
 DEFAULT_BIND = "127.0.0.1:8000"
+DEFAULT_GRACEFUL_TIMEOUT = 30.0
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s: %(message)s"
 LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -87,6 +88,7 @@ def _not_negative(value: float) -> str | None:
 
 WHERE, STRATEGY, HTTP, PROCESS = "where to listen", "strategy", "HTTP limits and timeouts", "process"
 PROXY = "behind a proxy"
+DEVELOPMENT = "development"
 
 
 def _yes_no(text: str) -> bool:
@@ -177,7 +179,7 @@ SETTINGS: tuple[Setting, ...] = (
     _http("max_body_in_memory", int, "BYTES",
           "threadpool: request body bytes kept in memory, the rest in a temporary file (default 65536)"),
     Setting(
-        "graceful_timeout", ("--graceful-timeout",), type=float, default=30.0, metavar="SECONDS",
+        "graceful_timeout", ("--graceful-timeout",), type=float, default=DEFAULT_GRACEFUL_TIMEOUT, metavar="SECONDS",
         check=_not_negative, group=PROCESS, target="server",
         help="on SIGTERM/SIGINT, how long in-flight requests may take to finish (default 30); "
              "SIGQUIT stops at once",
@@ -207,8 +209,18 @@ SETTINGS: tuple[Setting, ...] = (
             help="started as root: become USER (a name or a uid) once listening, before importing the application"),
     Setting("group", ("--group",), metavar="GROUP", group=PROCESS, target="command",
             help="started as root: become GROUP (a name or a gid; default: USER's group) once listening"),
+    # --reload (gearshift.reload): the listeners stay in this process, the server restarts in a child.
+    Setting("reload", ("--reload",), "restart the server when a watched file changes (needs gearshift[reload])",
+            kind="flag", group=DEVELOPMENT, target="command"),
+    Setting("reload_dir", ("--reload-dir",), "a directory to watch, recursively; repeatable (default: the "
+            "current directory)", kind="list", metavar="DIR", group=DEVELOPMENT, target="command"),
+    Setting("reload_include", ("--reload-include",), "also watch files whose name matches this glob pattern; "
+            "repeatable (default *.py)", kind="list", metavar="PATTERN", group=DEVELOPMENT, target="command"),
+    Setting("reload_exclude", ("--reload-exclude",), "ignore files and directories whose name matches this glob "
+            "pattern; repeatable (default .*, *.py[cod], __pycache__, ...)", kind="list", metavar="PATTERN",
+            group=DEVELOPMENT, target="command"),
 )
-GROUPS = (WHERE, STRATEGY, HTTP, PROCESS)
+GROUPS = (WHERE, STRATEGY, HTTP, PROCESS, DEVELOPMENT)
 #: Options that are actions rather than settings: not read from the environment.
 ACTIONS = ("-h", "--help", "--version", "--list-strategies", "--print-config", "--check-config")
 
@@ -216,8 +228,13 @@ ACTIONS = ("-h", "--help", "--version", "--list-strategies", "--print-config", "
 # -- entry point ---------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run the command; return its exit status. ``environ`` defaults to ``os.environ``."""
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, *,
+         under_reloader: bool = False) -> int:
+    """Run the command; return its exit status. ``environ`` defaults to ``os.environ``.
+
+    ``under_reloader``: this process is the server that ``--reload`` runs (see
+    :mod:`gearshift.reload`), which binds nothing: its listeners are the reloader's, at LISTEN_FDS.
+    """
     environ = os.environ if environ is None else environ
     debug = False
     try:
@@ -231,12 +248,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.print_config:
             sys.stdout.write(format_config(args))
             return 0
+        if under_reloader:
+            args.bind = args.fd = None  # its listeners are the reloader's, at LISTEN_FDS
+        elif args.reload and not args.check_config:
+            from .reload import run_reloader  # watchfiles is imported only for --reload
+
+            # The reloader only binds and watches: the server it runs does the rest (--chdir,
+            # --pid, --user, importing the application) as the command without --reload would.
+            return run_reloader(args, list(sys.argv[1:] if argv is None else argv), environ)
+        elif not args.reload:
+            for name in ("reload_dir", "reload_include", "reload_exclude"):
+                if name in args.given:
+                    raise UsageError(f"{args.given[name]} needs --reload")
         if args.chdir is not None:
             process.change_directory(args.chdir, source_name(args, "chdir"))
             _make_cwd_importable()
         if args.check_config:
             return check_config(args, environ)
-        return serve(args, environ)
+        return serve(args, environ, under_reloader)
     except (UsageError, AppSpecError) as exc:
         _error(str(exc), hint=True)
         return 2
@@ -777,7 +806,7 @@ def _read_pem(flag: str, path: str) -> str:
         raise CommandError(f"{flag} {path}: {reason[:1].lower()}{reason[1:]}") from None
 
 
-def serve(args: Arguments, environ: Any) -> int:
+def serve(args: Arguments, environ: Any, under_reloader: bool = False) -> int:
     strategy = _strategy(args)
     setup_logging(args.log_level, None if args.no_access_log else args.access_log)
     for warning in args.warnings:
@@ -786,6 +815,10 @@ def serve(args: Arguments, environ: Any) -> int:
         log.info("%s", note)
     signals = Signals()
     signals.install()
+    if under_reloader:
+        # Ctrl+C reaches the whole process group; the reloader decides, and stops this process
+        # with SIGTERM (a second stop signal here would cut off the in-flight requests).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return _serve(args, environ, strategy, signals)
     finally:
@@ -798,7 +831,7 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         pid_file.check()  # before binding: a live server keeps its port and its file
     identity = _identity(args)
     ssl_context = ssl_context_from(args)  # as root: a key only root may read is fine
-    binds = _binds(args, environ, socket_activation=True)
+    binds = binds_from(args, environ)
     _check_preload(args, strategy)
     # A strategy with worker processes imports the application in each of them (after the
     # fork, so that a reload imports it afresh), unless it is preloaded here. With --user it
@@ -838,7 +871,7 @@ def _serve(args: Arguments, environ: Any, strategy: type[Strategy], signals: Sig
         if args.metrics_bind is not None:
             # After the drop: under prefork its directory must be writable by the workers.
             metrics = enable_metrics(server, args)
-        return run(server, args, app_note, signals)
+        return run(server, app_note, signals)
     finally:
         server.server_close()  # already done after a graceful stop; this is for errors
         if metrics is not None:
@@ -879,7 +912,7 @@ def _identity(args: Arguments) -> process.Identity | None:
     return process.resolve_identity(args.user, args.group, (source_name(args, "user"), source_name(args, "group")))
 
 
-def _binds(args: Arguments, environ: Any, socket_activation: bool) -> list[Bind]:
+def binds_from(args: Arguments, environ: Any, socket_activation: bool = True) -> list[Bind]:
     """Where to listen: socket activation's descriptors (unless ``socket_activation`` is false:
     reading them takes them out of the environment), ``--fd``, then ``--bind``."""
     binds = []
@@ -918,7 +951,7 @@ def check_config(args: Arguments, environ: Any) -> int:
         process.PidFile(args.pid, source_name(args, "pid")).check()
     _identity(args)
     ssl_context = ssl_context_from(args)
-    binds = _binds(args, environ, socket_activation=False)
+    binds = binds_from(args, environ, socket_activation=False)
     _check_preload(args, strategy)
     app = load_app(args.app) if args.app is not None else demo.app
     options = {**server_options(args), **strategy_options(args, strategy)}
@@ -993,19 +1026,21 @@ def build_server(app: WSGIApp, strategy: type[Strategy], binds: list[Bind], opti
         raise CommandError(_listen_error(first, exc)) from None
     try:
         for bind in rest:
-            try:
-                if bind.fd is not None:
-                    server.add_listener(socket.socket(fileno=bind.fd))
-                else:
-                    sock = create_listener(bind.path if bind.path is not None else (bind.host, bind.port),
-                                           umask=umask)
-                    server.add_listener(sock, own=True)
-            except OSError as exc:
-                raise CommandError(_listen_error(bind, exc)) from None
+            server.add_listener(open_listener(bind, umask), own=bind.fd is None)
     except BaseException:
         server.server_close()
         raise
     return server
+
+
+def open_listener(bind: Bind, umask: int | None = None) -> socket.socket:
+    """The listening socket of a ``--bind`` address (created) or of a descriptor (adopted)."""
+    try:
+        if bind.fd is not None:
+            return socket.socket(fileno=bind.fd)
+        return create_listener(bind.path if bind.path is not None else (bind.host, bind.port), umask=umask)
+    except OSError as exc:
+        raise CommandError(_listen_error(bind, exc)) from None
 
 
 def _listen_error(bind: Bind, exc: OSError) -> str:
@@ -1033,16 +1068,20 @@ def banner_options(server: WSGIServer) -> str:
     return f" ({', '.join(f'{k}={v}' for k, v in values.items())})" if values else ""
 
 
-def run(server: WSGIServer, args: Arguments, app_note: str, signals: Signals | None = None) -> int:
-    """Serve until a stop signal; then drain in-flight requests within --graceful-timeout
-    (SIGTERM, SIGINT) or cut them off (SIGQUIT)."""
+def run(server: WSGIServer, app_note: str | None = None, signals: Signals | None = None) -> int:
+    """Serve until a stop signal; then drain in-flight requests within the server's
+    ``graceful_timeout`` (SIGTERM, SIGINT) or cut them off (SIGQUIT). Without ``signals``, the
+    handlers are installed here and removed on return (:func:`gearshift.serve`)."""
     own_signals = signals is None
     if signals is None:
         signals = Signals()
+        signals.attach(server)  # before install(): a stop signal from then on stops the server
         signals.install()
-    signals.attach(server)
+    else:
+        signals.attach(server)
     scheme = "https" if getattr(server, "ssl_context", None) is not None else "http"
-    log.info("gearshift %s: %s", __version__, app_note)
+    if app_note is not None:
+        log.info("gearshift %s: %s", __version__, app_note)
     for sock in server.listeners:
         log.info(
             "gearshift %s: serving %s with strategy %s%s \u2014 Ctrl+C to quit",
@@ -1056,9 +1095,11 @@ def run(server: WSGIServer, args: Arguments, app_note: str, signals: Signals | N
             log.warning("SIGQUIT: fast stop: stopped accepting%s; in-flight requests are cut off", note)
             server.graceful_timeout = 0
         elif signals.signum is not None:
+            timeout = server.graceful_timeout
+            how_long = "as long as they take" if timeout is None else f"up to {timeout:g} s"
             log.info(
-                "%s: stopped accepting; waiting up to %g s for in-flight requests (send it again to quit at once)",
-                signal.Signals(signals.signum).name, args.graceful_timeout,
+                "%s: stopped accepting; waiting %s for in-flight requests (send it again to quit at once)",
+                signal.Signals(signals.signum).name, how_long,
             )
         server.server_close()
         signals.run_pending()
