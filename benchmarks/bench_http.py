@@ -243,9 +243,10 @@ def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua
     return out
 
 
-def group_stats(pgid: int) -> list[list[str]]:
-    """``/proc/<pid>/stat`` of every process in the process group ``pgid`` (a server and its
-    workers or children), each split after the command name: index N is the man page's field N+3."""
+def group_processes(pgid: int) -> list[tuple[Path, list[str]]]:
+    """Every process in the process group ``pgid`` (a server and its workers or children): its
+    ``/proc/<pid>`` directory and its ``stat`` split after the command name (index N is the man
+    page's field N+3)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -256,8 +257,12 @@ def group_stats(pgid: int) -> list[list[str]]:
             continue  # it exited meanwhile
         fields = stat[stat.rindex(")") + 2 :].split()
         if len(fields) > 21 and fields[2] == str(pgid):  # field 5: the process group
-            out.append(fields)
+            out.append((entry, fields))
     return out
+
+
+def group_stats(pgid: int) -> list[list[str]]:
+    return [fields for _, fields in group_processes(pgid)]
 
 
 def group_cpu_seconds(pgid: int) -> float:

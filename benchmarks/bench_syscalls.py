@@ -17,6 +17,7 @@ servers (root, or ``kernel.yama.ptrace_scope=0``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import subprocess
@@ -35,16 +36,9 @@ def group_tasks(pgid: int) -> list[str]:
     """Every thread of every process in the group ``pgid``: strace must attach to each, since
     ``-f`` only follows threads and processes created after it attached."""
     tids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            if stat[stat.rindex(")") + 2 :].split()[2] != str(pgid):
-                continue
+    for proc, _ in bench_http.group_processes(pgid):
+        with contextlib.suppress(OSError):  # it exited meanwhile
             tids += [task.name for task in (proc / "task").iterdir()]
-        except (OSError, IndexError):
-            continue
     return tids
 
 
