@@ -314,9 +314,8 @@ class Server:
             if data.__class__ is _Listening:
                 processed = self._accept(data, 1 if one else ACCEPT_BATCH) > 0 or processed
             elif data.__class__ is _Resume:
-                resume = loop.take(key)
-                if resume is not None:
-                    self._process(resume.request, resume.client_address)
+                if loop.take(data):
+                    self._process(data.request, data.client_address)
                     processed = True
             elif data is _WAKER:
                 loop.waker.drain()
@@ -434,8 +433,20 @@ class Server:
         loop = self._loop
         if loop is None or loop.closed:
             return False
-        self._resuming[request] = _Resume(request, client_address, idle_timeout, state)
+        resume = self._resume_of(request, client_address)
+        resume.idle_timeout = idle_timeout
+        resume.state = state
+        resume.wanted = True
         return True
+
+    def _resume_of(self, request: Socket, client_address: Address) -> _Resume:
+        """The connection's one :class:`_Resume`, made on first use and kept until it closes:
+        the selector keeps it as the key's data while the connection is registered, so handing
+        the connection back changes nothing in the selector."""
+        resume = self._resuming.get(request)
+        if resume is None:
+            resume = self._resuming[request] = _Resume(request, client_address)
+        return resume
 
     def resumed_state(self, request: Socket) -> object:
         """The ``state`` given to :meth:`resume_when_readable` for ``request`` when the loop
@@ -443,16 +454,20 @@ class Server:
 
         A handler calls it first thing; a handler that does not (a stdlib one) simply never
         gets the state, and the connection closes as usual when it returns."""
-        resume = self._resuming.pop(request, None)
-        return None if resume is None else resume.state
+        resume = self._resuming.get(request)
+        if resume is None:
+            return None
+        state, resume.state = resume.state, None
+        return state
 
     def set_state(self, request: Socket, client_address: Address, state: object) -> None:
         """Give ``state`` to the next handler on ``request`` (:meth:`resumed_state` returns it)
         without asking the loop to resume the connection: how what :meth:`request_ready` read
         in the loop reaches the handler that runs in a worker."""
-        resume = _Resume(request, client_address, None, state)
+        resume = self._resume_of(request, client_address)
+        resume.idle_timeout = None
+        resume.state = state
         resume.wanted = False
-        self._resuming[request] = resume
 
     def request_ready(self, request: Socket, client_address: Address) -> bool:
         """Called in the loop by a strategy that wants a connection's request received before
@@ -854,6 +869,8 @@ class Server:
             for resume in loop.abandon():
                 self._resuming.pop(resume.request, None)
                 resume.request.close()
+            for resume in self._resuming.values():
+                resume.queued = None  # its entry was in the parent's loop
         self._run = _RunState()
         waker, self._closing_waker = self._closing_waker, None
         if waker is not None:
@@ -975,19 +992,28 @@ class _Listening:
 
 
 class _Resume:
-    """A connection a handler asked the loop to resume, with its state: the selector data
-    while it waits for its next bytes."""
+    """A connection that a handler asks the loop to resume, with its state: the selector data
+    while it waits for its next bytes. One per connection, from its first hand-back until it
+    closes (see Server._resume_of)."""
 
-    __slots__ = ("client_address", "deadline", "idle_timeout", "parked", "request", "state", "turn", "wanted")
+    __slots__ = (
+        "client_address", "deadline", "idle_timeout", "parked", "queued", "request", "state", "turn", "wanted",
+    )
 
-    def __init__(self, request: Socket, client_address: Address, idle_timeout: float | None, state: object) -> None:
+    def __init__(self, request: Socket, client_address: Address) -> None:
         self.request = request
         self.client_address = client_address
-        self.idle_timeout = idle_timeout
-        self.state = state
+        self.idle_timeout: float | None = None
+        #: Given by resume_when_readable() or set_state(), taken by resumed_state().
+        self.state: object = None
         #: Set by resume_when_readable(); shutdown_request() hands the connection back if set.
-        self.wanted = True
+        self.wanted = False
         self.deadline: float | None = None
+        #: The deadline of its entry in the loop's heap (None: it has none). Entries are not
+        #: removed when the connection is handed back with a later deadline: the loop finds
+        #: them when due and pushes the later one then, so a busy keep-alive connection costs
+        #: the heap one entry per idle timeout, not one per request.
+        self.queued: float | None = None
         self.parked = False
         #: The loop's turn when it was handed back (see _LoopState.take).
         self.turn = 0
@@ -1133,8 +1159,9 @@ class _LoopState:
             sock = resume.request
             try:
                 if sock in self._reading:
-                    self.selector.modify(sock, selectors.EVENT_READ, resume)
-                    seen = True  # registered all along: any wait sees it
+                    # Registered all along, for reading, with this resume as its data (a
+                    # connection has one): nothing to change, and any wait sees it.
+                    seen = True
                 else:
                     self.selector.register(sock, selectors.EVENT_READ, resume)
                     self._reading.add(sock)
@@ -1147,8 +1174,9 @@ class _LoopState:
             resume.parked = True
             resume.turn = self.turn
             self._parked.add(resume)
-            if deadline is not None:
+            if deadline is not None and (resume.queued is None or deadline < resume.queued):
                 heapq.heappush(self._deadlines, (deadline, next(self._order), resume))
+                resume.queued = deadline
             # The loop's wait would miss it: a selector reading its interest list once per
             # wait, or an idle deadline before the wait ends.
             wake = threading.get_ident() != server._run.loop_thread and (
@@ -1158,32 +1186,30 @@ class _LoopState:
             self.waker.wake()
         return True
 
-    def take(self, key: selectors.SelectorKey) -> _Resume | None:
-        """In the loop: the connection of ``key`` is readable. Returns its resume for the loop
-        to process if it is parked; None if a handler holds it (then stop watching it), if it
-        was unregistered after the selector reported it, or if it was handed back during this
-        turn's wait. Then the readiness may be older than the hand-back: bytes that arrived
-        while the handler held the connection, which the handler may have read since (a handler
-        thread that has not started reading yet, a worker that read a pipelined request). The
-        connection stays registered, so the next wait, which does not block if it is readable
-        still, reports it afresh."""
+    def take(self, resume: _Resume) -> bool:
+        """In the loop: the connection of ``resume`` (a selector key's data) is readable.
+        Returns whether the loop is to process it: if it is parked. Not if a handler holds it
+        (then stop watching it), if it was unregistered after the selector reported it, or if
+        it was handed back during this turn's wait. Then the readiness may be older than the
+        hand-back: bytes that arrived while the handler held the connection, which the handler
+        may have read since (a handler thread that has not started reading yet, a worker that
+        read a pipelined request). The connection stays registered, so the next wait, which
+        does not block if it is readable still, reports it afresh."""
         with self._lock:
-            try:
-                current = self.selector.get_key(key.fd)
-            except KeyError:
-                return None
-            resume = current.data
-            if current.fileobj is not key.fileobj or resume.__class__ is not _Resume:
-                return None  # the descriptor is another connection's now, or being written
+            sock = resume.request
+            if sock not in self._reading:
+                # Unregistered since the wait: closed (its descriptor maybe another
+                # connection's now), or being written for its handler.
+                return False
             if not resume.parked:
-                self._reading.discard(current.fileobj)
-                self.selector.unregister(current.fileobj)
-                return None
+                self._reading.discard(sock)
+                self.selector.unregister(sock)
+                return False
             if resume.turn == self.turn:
-                return None
+                return False
             resume.parked = False
             self._parked.discard(resume)
-            return resume
+            return True
 
     def forget(self, sock: Socket) -> None:
         """Before ``sock`` closes, from the thread that holds it: stop watching it."""
@@ -1218,8 +1244,7 @@ class _LoopState:
         now = time.monotonic()
         with self._lock:
             heap = self._deadlines
-            while heap and not heap[0][2].parked:
-                heapq.heappop(heap)
+            self._settle_deadlines()
             outputs = self.output_deadlines
             first = min(heap[0][0] if heap else math.inf, outputs[0][0] if outputs else math.inf)
             if limit is not None:
@@ -1232,12 +1257,31 @@ class _LoopState:
         expired = []
         with self._lock:
             heap = self._deadlines
-            while heap and (heap[0][0] <= now or not heap[0][2].parked):
+            self._settle_deadlines()
+            while heap and heap[0][0] <= now:
                 _, _, resume = heapq.heappop(heap)
-                if resume.parked:
-                    self._unpark(resume)
-                    expired.append(resume)
+                resume.queued = None
+                self._unpark(resume)
+                expired.append(resume)
+                self._settle_deadlines()
         return expired
+
+    def _settle_deadlines(self) -> None:
+        """Bring the heap's first entry up to date (see _Resume.queued): drop or push back
+        entries until it is a parked connection's own deadline. The caller holds ``_lock``."""
+        heap = self._deadlines
+        while heap:
+            deadline, _, resume = heap[0]
+            if deadline != resume.queued:  # its connection has an earlier entry since
+                heapq.heappop(heap)
+            elif not resume.parked or resume.deadline is None:  # held by a handler, or no timeout
+                heapq.heappop(heap)
+                resume.queued = None
+            elif resume.deadline != deadline:  # handed back since, with a later deadline
+                heapq.heapreplace(heap, (resume.deadline, next(self._order), resume))
+                resume.queued = resume.deadline
+            else:
+                return
 
     def close_all(self, server: Server) -> list[_Resume]:
         """For server_close(): set ``server.closing`` (no hand-back is queued after it), and
@@ -1248,6 +1292,8 @@ class _LoopState:
             idle = list(self._parked)
             for resume in idle:
                 self._unpark(resume)
+            for _, _, resume in self._deadlines:
+                resume.queued = None
             self._deadlines.clear()
         return idle
 

@@ -39,7 +39,7 @@ from ..core.plugins import OBSERVERS, notify
 from .accesslog import AccessRecord
 from .errors import ClientGone, HTTPError, RequestTimeout
 from .parser import Request, RequestParser
-from .wsgi import FileWrapper, InputStream, SpooledInput, build_environ, check_response
+from .wsgi import FileWrapper, InputStream, SpooledInput, build_environ, response_head
 
 if TYPE_CHECKING:
     from .proxy import ProxyHeaders
@@ -752,7 +752,7 @@ class Exchange:
     __slots__ = (
         "connection", "request", "status", "headers", "code", "length", "close_requested",
         "head_sent", "chunked", "remaining", "bodyless", "keep_alive", "single", "sent",
-        "continue_sent", "input_failed", "has_date", "has_server", "wsgi_input",
+        "continue_sent", "input_failed", "has_date", "has_server", "wsgi_input", "head",
     )
 
     def __init__(self, connection: Connection, request: Request, wsgi_input: SpooledInput | None = None) -> None:
@@ -762,6 +762,8 @@ class Exchange:
         self.wsgi_input = wsgi_input
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
+        #: The status line and the application's header lines, encoded (by start_response).
+        self.head = b""
         self.code = 0
         self.length: int | None = None
         self.close_requested = False
@@ -853,7 +855,8 @@ class Exchange:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response() called a second time without exc_info")
-        self.code, self.length, self.close_requested, self.has_date, self.has_server = check_response(status, headers)
+        (self.code, self.length, self.close_requested, self.has_date, self.has_server,
+         self.head) = response_head(status, headers)
         self.status, self.headers = status, headers
         return self.write
 
@@ -889,9 +892,7 @@ class Exchange:
             self.chunked = True
         else:
             self.keep_alive = False  # HTTP/1.0 without a length: the body ends at close
-        parts = [b"HTTP/1.1 ", self.status.encode("latin-1"), b"\r\n"]
-        parts += [f"{name}: {value}\r\n".encode("latin-1") for name, value in self.headers]
-        parts.append(framing)
+        parts = [self.head, framing]
         if not self.keep_alive:
             if not self.close_requested:  # else the app's own Connection: close is in the headers
                 parts.append(b"Connection: close\r\n")
@@ -961,6 +962,7 @@ class Exchange:
         if self.length is None:
             self.length = size
             self.headers = [*self.headers, ("Content-Length", str(size))]
+            self.head += b"Content-Length: %d\r\n" % size
         count = min(size, self.length)
         self._send_head(b"", final=False)
         if self.bodyless:

@@ -35,55 +35,101 @@ class ResponseHeadersError(ValueError):
     """The application's status or headers cannot be sent as they are (raised by start_response)."""
 
 
-# The names check_response() acts on: one dict lookup passes over the usual header, none of these.
-_CONTENT_LENGTH, _CONNECTION, _DATE, _SERVER, _HOP_BY_HOP = range(5)
+# What response_head() learns from a header, by its name; one dict lookup passes over the usual
+# header. A Connection header is _CLOSE when it holds "close".
+_OTHER, _CONTENT_LENGTH, _CONNECTION, _CLOSE, _DATE, _SERVER, _HOP_BY_HOP = range(7)
 _SPECIAL_HEADERS = {
     "content-length": _CONTENT_LENGTH, "connection": _CONNECTION, "date": _DATE, "server": _SERVER,
     **dict.fromkeys(HOP_BY_HOP, _HOP_BY_HOP),
 }
+#: Status strings and header pairs already validated, with their encoded lines: applications send
+#: the same few again and again, and a hit costs one dict lookup instead of the regexes and the
+#: encoding. Bounded, since a header value may echo the request (emptied when full).
+_CHECKED_LIMIT = 1024
+_checked_status: dict[str, tuple[int, bytes]] = {}
+_checked_headers: dict[tuple[str, str], tuple[int, bytes, int | None]] = {}
 
 
 def check_response(status: str, headers: list[tuple[str, str]]) -> tuple[int, int | None, bool, bool, bool]:
     """Validate ``start_response`` arguments; return (status code, Content-Length or None,
     whether the app asked for ``Connection: close``, whether it set its own ``Date``, and its own
     ``Server``: the server adds those two only when absent)."""
-    if type(status) is not str or not _STATUS.match(status):
-        raise ResponseHeadersError(f"invalid status line {status!r}: need 'NNN Reason' in ASCII without CR/LF")
+    code, length, close, has_date, has_server, _ = response_head(status, headers)
+    return code, length, close, has_date, has_server
+
+
+def response_head(status: str, headers: list[tuple[str, str]]) -> tuple[int, int | None, bool, bool, bool, bytes]:
+    """:func:`check_response`'s answer, plus the response head it validated, encoded: the status
+    line and the application's header lines (the server adds its own after them)."""
+    checked = _checked_status.get(status) if type(status) is str else None
+    if checked is None:
+        checked = _check_status(status)
+    code, status_line = checked
     if type(headers) is not list:
         raise ResponseHeadersError(
             f"response headers must be a list of (name, value) tuples, not {type(headers).__name__}"
         )
+    lines = [status_line]
     content_length = None
     close = has_date = has_server = False
     for header in headers:
         if type(header) is not tuple or len(header) != 2:
             raise ResponseHeadersError(f"response header {header!r} is not a (name, value) tuple")
-        name, value = header
-        if type(name) is not str or not _TOKEN.match(name):
-            raise ResponseHeadersError(f"invalid response header name {name!r}")
-        if type(value) is not str or not _FIELD_VALUE.match(value):
-            raise ResponseHeadersError(
-                f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)"
-            )
-        kind = _SPECIAL_HEADERS.get(name.lower())
-        if kind is None:
+        try:
+            known = _checked_headers.get(header)
+        except TypeError:  # an unhashable name or value, which _check_header refuses
+            known = None
+        kind, line, length = _check_header(header) if known is None else known
+        lines.append(line)
+        if kind == _OTHER:
             continue
         if kind == _CONTENT_LENGTH:
-            if not value.isdigit() or not value.isascii():
-                raise ResponseHeadersError(f"invalid Content-Length {value!r}")
-            length = int(value)
             if content_length is not None and content_length != length:
                 raise ResponseHeadersError("conflicting Content-Length headers")
             content_length = length
-        elif kind == _CONNECTION:
-            close = close or "close" in value.lower()
+        elif kind == _CLOSE:
+            close = True
         elif kind == _DATE:
             has_date = True
         elif kind == _SERVER:
             has_server = True
-        else:
-            raise ResponseHeadersError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
-    return int(status[:3]), content_length, close, has_date, has_server
+    return code, content_length, close, has_date, has_server, b"".join(lines)
+
+
+def _check_status(status: object) -> tuple[int, bytes]:
+    if type(status) is not str or not _STATUS.match(status):
+        raise ResponseHeadersError(f"invalid status line {status!r}: need 'NNN Reason' in ASCII without CR/LF")
+    checked = (int(status[:3]), b"HTTP/1.1 " + status.encode("latin-1") + b"\r\n")
+    if len(_checked_status) >= _CHECKED_LIMIT:
+        _checked_status.clear()
+    _checked_status[status] = checked
+    return checked
+
+
+def _check_header(header: tuple[object, object]) -> tuple[int, bytes, int | None]:
+    name, value = header
+    if type(name) is not str or not _TOKEN.match(name):
+        raise ResponseHeadersError(f"invalid response header name {name!r}")
+    if type(value) is not str or not _FIELD_VALUE.match(value):
+        raise ResponseHeadersError(
+            f"invalid value for response header {name}: {value!r} (CR, LF, NUL and other controls are refused)"
+        )
+    kind = _SPECIAL_HEADERS.get(name.lower(), _OTHER)
+    length = None
+    if kind == _CONTENT_LENGTH:
+        if not value.isdigit() or not value.isascii():
+            raise ResponseHeadersError(f"invalid Content-Length {value!r}")
+        length = int(value)
+    elif kind == _CONNECTION:
+        if "close" in value.lower():
+            kind = _CLOSE
+    elif kind == _HOP_BY_HOP:
+        raise ResponseHeadersError(f"hop-by-hop header {name!r} is not allowed from a WSGI application")
+    checked = (kind, f"{name}: {value}\r\n".encode("latin-1"), length)
+    if len(_checked_headers) >= _CHECKED_LIMIT:
+        _checked_headers.clear()
+    _checked_headers[(name, value)] = checked
+    return checked
 
 
 _environ_keys: dict[bytes, str | None] = {}
