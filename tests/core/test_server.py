@@ -517,6 +517,40 @@ def test_shutdown_and_server_close_from_a_signal_handler_stop_serve_forever_clea
     assert handled == [signal.SIGUSR1]
 
 
+@pytest.mark.timeout(20)
+def test_a_signal_delivered_to_another_thread_still_stops_serve_forever_promptly():
+    """The kernel may deliver a process's signal to any of its threads (a request's, one that
+    forked); Python runs the handler on the main thread only, once it runs Python code again.
+    The loop must wake for it, not sit in select() for its poll_interval, and must leave no
+    wake-up descriptor behind (a signal would write to whatever socket reuses the number)."""
+    server = gearshift.Server(LOCALHOST, LineHandler, strategy="thread")
+    stopped = threading.Event()
+    late = []
+    prompt = 5.0  # against poll_interval=3600
+
+    def poke() -> None:
+        ask(server.server_address, "echo up")
+        wait_for(lambda: blocked_in_wait(os.getpid(), threading.main_thread().native_id))
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # lands on this thread
+        if not stopped.wait(prompt):
+            late.append(True)
+            server.shutdown()  # unstick the loop, for the assertion below
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: server.shutdown())
+    poker = threading.Thread(target=poke)
+    try:
+        poker.start()
+        server.serve_forever(poll_interval=3600)
+        stopped.set()
+    finally:
+        stopped.set()
+        poker.join(HANG_GUARD)
+        signal.signal(signal.SIGUSR1, previous)
+        server.server_close()
+    assert not late, f"serve_forever() was still waiting {prompt} s after the signal"
+    assert signal.set_wakeup_fd(-1) == -1  # given back when the loop left
+
+
 # -- resume_when_readable: connections handed back to the loop --------------------------------
 
 

@@ -11,8 +11,10 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
+import threading
 from typing import Any
 
 log = logging.getLogger("gearshift")
@@ -149,6 +151,8 @@ class Waker:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        # The wake-up descriptor signal.set_wakeup_fd() had before catch_signals(), or None.
+        self._signals_before: int | None = None
 
     def fileno(self) -> int:
         return self._reader.fileno()
@@ -162,6 +166,30 @@ class Waker:
             while self._reader.recv(4096):
                 pass
 
+    def catch_signals(self) -> None:
+        """On the main thread: make every signal wake the selector, whichever thread the
+        kernel delivers it to (``signal.set_wakeup_fd``).
+
+        Why: Python runs a signal's handler on the main thread only, when it next runs Python
+        code. A signal that lands on another thread (a request's, or one that forked) leaves a
+        main thread blocked in ``select()`` there until its timeout, and ``shutdown()`` from
+        the handler would wait for it. With the signal's number written here, the wait ends,
+        the handler runs, and the loop sees what it did. Elsewhere than the main thread there
+        is no handler to run, and nothing to do.
+        """
+        if self._signals_before is None and threading.current_thread() is threading.main_thread():
+            self._signals_before = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
+
+    def release_signals(self) -> None:
+        """Give signals back to the wake-up descriptor they had before :meth:`catch_signals`
+        (only the main thread can; the loop's, when it leaves)."""
+        if self._signals_before is not None and threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._signals_before)
+            self._signals_before = None
+
     def close(self) -> None:
+        # A descriptor number left as the wake-up fd would be written to by every signal once
+        # another socket reuses it.
+        self.release_signals()
         self._reader.close()
         self._writer.close()

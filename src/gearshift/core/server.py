@@ -336,6 +336,7 @@ class Server:
                 loop.selector.register(sock, selectors.EVENT_READ, _Listening(sock))
             self._loop = loop
         self._run.loop_thread = threading.get_ident()
+        loop.waker.catch_signals()
         loop.start_pumping()
         return loop
 
@@ -343,6 +344,7 @@ class Server:
         loop = self._loop
         if loop is not None:
             loop.stop_pumping()
+            loop.waker.release_signals()
         self._run.loop_thread = None
         self._close_loop_if_closed()
 
