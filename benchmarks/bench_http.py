@@ -7,8 +7,9 @@ Setup (once; the peers go into their own venv, never into the project's test ven
 
 Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk``)::
 
-    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~11 min
-    benchmarks/.venv/bin/python benchmarks/bench_http.py --connections 32  # no -c256 sweep, ~6 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py                  # everything, ~23 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --connections 32  # no -c256 sweep, ~12 min
+    benchmarks/.venv/bin/python benchmarks/bench_http.py --modes keep-alive,close  # no pipelining, ~17 min
     benchmarks/.venv/bin/python benchmarks/bench_http.py --rounds 3 --duration 10
     benchmarks/.venv/bin/python benchmarks/bench_http.py --only gearshift-thread,werkzeug-threaded
     benchmarks/.venv/bin/python benchmarks/bench_http.py --profile gearshift-sync   # cProfile
@@ -16,11 +17,21 @@ Run (from the repository root; needs ``wrk`` on PATH, e.g. ``apt-get install wrk
 Every server (see ``http_servers.py``) serves ``hello_app.app`` (``b"Hello, World!"``) from its
 own subprocess on 127.0.0.1, with logging off. For each round and each server in turn (the order
 is reversed on every other round): start it, wait for its port, check one response by hand
-(status, body, whether a second request on the same connection is answered), then for each
-concurrency level (``--connections``, ``32,256`` by default) and mode (keep-alive, then
-``Connection: close``) a warm-up wrk run (``--warmup`` s, discarded) and a measured run
-(``wrk -t1 -cN -d5s --latency``), then stop the server's whole process group. The server's CPU
+(status, body, whether a second request on the same connection is answered, and whether two
+requests written at once get their two responses), then for each concurrency level
+(``--connections``, ``32,256`` by default) and mode (``--modes``: keep-alive, then
+``Connection: close``, then pipelined) a warm-up wrk run (``--warmup`` s, discarded) and a measured
+run (``wrk -t1 -cN -d5s --latency``), then stop the server's whole process group. The server's CPU
 time (its whole process group, from /proc) is read around each measured run.
+
+Pipelined is keep-alive with wrk's pipeline.lua: every write is 16 identical ``GET /`` requests,
+and the next 16 go once all 16 responses are in. wrk counts each response, so req/s and CPU µs
+per request are per request; its latency is per batch of 16, so no p50/p99 is shown for this
+mode. A server that fails the two-request check (it closes after the first response, as
+werkzeug, gunicorn's sync worker and fork-floor do, or answers only the first request of a read,
+as loop-floor and handoff-floor do) gets no pipelined runs: wrk would count one response per batch,
+or time out, and the table shows "—" with a footnote instead of that figure.
+
 Reported req/s are the median over rounds of successful (non-error status) responses per second.
 wrk's non-2xx/3xx responses and socket errors (connect/read/write/timeout) are summed over the
 measured runs and shown in the table; a server that crashed, or whose log has a traceback, is
@@ -28,7 +39,7 @@ flagged there too. A gearshift figure with errors fails its bar: a server that e
 faster.
 
 Output: a Markdown table (req/s per mode and level), a latency table (p50/p99, CPU µs per
-request) and PASS/FAIL per bar and level on stdout, the same table in
+request; no p50/p99 for pipelined) and PASS/FAIL per bar and level on stdout, the same table in
 ``benchmarks/latest-http.md``, and ``benchmarks/results/http-<date>.json`` (every run, raw wrk
 output, versions, load average) and ``.png`` (bar chart). Server logs go to
 ``benchmarks/results/logs-<date>/``.
@@ -79,7 +90,13 @@ SETUP_HINT = (
     "    benchmarks/.venv/bin/python benchmarks/bench_http.py"
 )
 
-MODES = ("keep-alive", "close")
+#: wrk's modes: keep-alive (one request at a time per connection), ``Connection: close`` (one
+#: connection per request) and pipelined keep-alive (PIPELINE_DEPTH requests per write)
+MODES = ("keep-alive", "close", "pipelined")
+#: the modes of a results file from before ``pipelined`` (which had no ``modes`` in its args)
+OLD_MODES = ("keep-alive", "close")
+#: requests wrk writes at once per connection in the pipelined mode (wrk's pipeline.lua depth)
+PIPELINE_DEPTH = 16
 #: wrk -c levels of the concurrency sweep; the first is the main table's and the plot's
 DEFAULT_CONNECTIONS = "32,256"
 #: run order within a round: each gearshift strategy right next to the peers its bars compare it
@@ -137,8 +154,8 @@ def case(mode: str, connections: int) -> str:
     return f"{mode} -c{connections}"
 
 
-def cases(levels: list[int]) -> list[str]:
-    return [case(mode, c) for c in levels for mode in MODES]
+def cases(levels: list[int], modes: tuple[str, ...] | list[str] = MODES) -> list[str]:
+    return [case(mode, c) for c in levels for mode in modes]
 
 
 def parse_levels(text: str) -> list[int]:
@@ -149,6 +166,18 @@ def parse_levels(text: str) -> list[int]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError(f"--connections: a comma list of positive integers, not {text!r}")
     return levels
+
+
+def parse_modes(text: str) -> list[str]:
+    """``--modes``: a comma list of MODES, run (and shown) in MODES' order."""
+    picked = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in picked if m not in MODES]
+    if unknown or not picked:
+        raise argparse.ArgumentTypeError(
+            f"--modes: a comma list of {', '.join(MODES)}; not {', '.join(map(repr, unknown)) or repr(text)}"
+        )
+    return [m for m in MODES if m in picked]
+
 
 # wrk reports its own exact counters through this done() hook, one JSON line on stdout.
 WRK_LUA = r"""
@@ -161,7 +190,25 @@ done = function(summary, latency, requests)
     e.timeout, latency:percentile(50), latency:percentile(99), latency.max))
 end
 """
+# The pipelined mode (wrk's pipeline.lua): one string of PIPELINE_DEPTH identical requests, Host
+# header included (wrk.format adds it), written at once on every connection. wrk counts every
+# response, so req/s are right, but it records one latency per batch (from the write to the last
+# response), which is why the tables show none for this mode.
+PIPELINE_LUA = r"""
+init = function(args)
+  local r = {}
+  for i = 1, DEPTH do
+    r[i] = wrk.format("GET", "/")
+  end
+  pipeline = table.concat(r)
+end
+
+request = function()
+  return pipeline
+end
+""".replace("DEPTH", str(PIPELINE_DEPTH))
 ERROR_KINDS = ("connect", "read", "write", "timeout", "status")
+NOT_PIPELINING = "does not answer pipelined requests"
 
 _live: list[subprocess.Popen] = []  # servers to stop on any exit path
 
@@ -188,8 +235,60 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise RuntimeError(f"server did not listen on port {port} within {timeout:.0f} s")
 
 
-def probe(port: int) -> dict[str, Any]:
-    """One request by hand: status, body, and whether the connection is kept for a second."""
+def read_response(fp: Any) -> tuple[int, bytes, bool]:
+    """One HTTP/1.x response from a buffered socket file: status, body (Content-Length or chunked;
+    else up to EOF) and whether the server will close after it."""
+    line = fp.readline(65537)
+    if not line:
+        raise ConnectionError("connection closed")
+    version, status, *_ = line.decode("latin-1").split(None, 2) + [""]
+    if not version.startswith("HTTP/1.") or not status.isdigit():
+        raise http.client.HTTPException(f"bad status line {line[:80]!r}")
+    headers = http.client.parse_headers(fp)
+    close = "close" in (headers.get("Connection") or "").lower() or (
+        version == "HTTP/1.0" and "keep-alive" not in (headers.get("Connection") or "").lower())
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        chunks = []
+        while size := int(fp.readline(1026).split(b";")[0], 16):
+            chunks.append(fp.read(size))
+            fp.readline(3)
+        while fp.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # trailers
+        return int(status), b"".join(chunks), close
+    if headers.get("Content-Length") is not None:
+        length = int(headers["Content-Length"])
+        body = fp.read(length)
+        if len(body) < length:
+            raise ConnectionError(f"body cut short ({len(body)} of {length} bytes)")
+        return int(status), body, close
+    return int(status), fp.read(), True
+
+
+def probe_pipelining(port: int, n: int = 2, timeout: float = 2.0) -> tuple[bool, str]:
+    """Write ``n`` requests at once on one connection, as the pipelined mode does: are they all
+    answered, in order, with the right response, the connection kept open between them?"""
+    head = f"GET / HTTP/1.1\r\nHost: {http_servers.HOST}:{port}\r\n\r\n".encode()
+    got = 0
+    try:
+        with socket.create_connection((http_servers.HOST, port), timeout) as sock, sock.makefile("rb") as fp:
+            sock.sendall(head * n)
+            while got < n:
+                status, body, close = read_response(fp)
+                if status != 200 or body != BODY:
+                    return False, f"response {got + 1} of {n}: status {status}, body {body[:40]!r}"
+                got += 1
+                if close and got < n:
+                    return False, f"closes the connection after response {got} of {n}"
+    except TimeoutError:
+        return False, f"{got} of {n} answered; no response {got + 1} within {timeout:g} s"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return False, f"{got} of {n} answered, then {type(exc).__name__}: {exc}"
+    return True, f"{n} of {n} answered"
+
+
+def probe(port: int, pipelining: bool = True) -> dict[str, Any]:
+    """One request by hand: status, body, and whether the connection is kept for a second; and
+    (``pipelining``) whether two requests written at once get their two responses."""
     conn = http.client.HTTPConnection(http_servers.HOST, port, timeout=5)
     try:
         conn.request("GET", "/")
@@ -209,6 +308,8 @@ def probe(port: int) -> dict[str, Any]:
         except (OSError, http.client.HTTPException):
             out["keep_alive"] = False
         out["ok"] = out["status"] == 200 and out["body_ok"]
+        if pipelining:
+            out["pipelining_honored"], out["pipelining"] = probe_pipelining(port)
         return out
     except (OSError, http.client.HTTPException) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
@@ -216,11 +317,11 @@ def probe(port: int) -> dict[str, Any]:
         conn.close()
 
 
-def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua: Path,
+def run_wrk(port: int, mode: str, duration: float, args: argparse.Namespace, lua: dict[str, Path],
             connections: int) -> dict[str, Any]:
     argv = [
         args.wrk, f"-t{min(args.threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-        "--timeout", f"{args.timeout}s", "--latency", "-s", str(lua),
+        "--timeout", f"{args.timeout}s", "--latency", "-s", str(lua[mode]),
     ]  # fmt: skip
     if mode == "close":
         argv += ["-H", "Connection: close"]
@@ -314,6 +415,22 @@ def check_setup(names: list[str], wrk: str | None) -> None:
         print(f"note: running with {sys.executable}, not {venv}/bin/python\n{SETUP_HINT}\n", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def wrk_scripts() -> Any:
+    """The wrk Lua script of each mode, in temporary files: WRK_LUA's done() hook for all, with
+    the pipeline's request() for ``pipelined``."""
+    paths: dict[str, Path] = {}
+    try:
+        for mode in MODES:
+            with tempfile.NamedTemporaryFile("w", suffix=f"-{mode}.lua", delete=False) as f:
+                f.write(WRK_LUA + (PIPELINE_LUA if mode == "pipelined" else ""))
+                paths[mode] = Path(f.name)
+        yield paths
+    finally:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+
+
 def _on_signal(signum, frame):  # type: ignore[no-untyped-def]
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -328,7 +445,7 @@ def stop_all() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: Path) -> dict[str, Any]:
+def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: dict[str, Path], logdir: Path) -> dict[str, Any]:
     port = free_port()
     log = logdir / f"{name}-r{rnd}.log"
     rec: dict[str, Any] = {"server": name, "round": rnd, "port": port, "log": str(log), "modes": {}}
@@ -340,11 +457,15 @@ def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: 
         except RuntimeError as exc:
             rec["failed"] = str(exc)
             return rec
-        rec["probe"] = probe(port)
+        rec["probe"] = probe(port, pipelining="pipelined" in args.modes)
         if not rec["probe"]["ok"]:
             rec["failed"] = f"probe failed: {rec['probe']}"
             return rec
-        for key, mode, connections in ((case(m, c), m, c) for c in args.levels for m in MODES):
+        for key, mode, connections in ((case(m, c), m, c) for c in args.levels for m in args.modes):
+            if mode == "pipelined" and not rec["probe"].get("pipelining_honored"):
+                # its figure would count one response per batch, or wrk's timeouts: not a measure
+                rec.setdefault("skipped", {})[key] = f"{NOT_PIPELINING}: {rec['probe'].get('pipelining')}"
+                continue
             if args.warmup > 0:
                 warm = run_wrk(port, mode, args.warmup, args, lua, connections)
                 rec.setdefault("warmup", {})[key] = {k: warm.get(k) for k in ("rps", "errors", "failed")}
@@ -355,7 +476,7 @@ def bench_one(name: str, rnd: int, args: argparse.Namespace, lua: Path, logdir: 
             if proc.poll() is not None:
                 rec["crashed"] = f"server exited with code {proc.returncode} during the {key} run"
                 break
-        rec["probe_after"] = probe(port) if "crashed" not in rec else {"ok": False}
+        rec["probe_after"] = probe(port, pipelining=False) if "crashed" not in rec else {"ok": False}
     finally:
         rec["exit_code"] = http_servers.stop(proc)
         _live.remove(proc)
@@ -377,8 +498,15 @@ def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) 
             if r.get("log_trouble"):
                 s["problems"].append(f"r{r['round']}: log: {r['log_trouble'][0][:120]}")
         s["keep_alive_honored"] = any(r.get("probe", {}).get("keep_alive") for r in recs)
+        s["pipelining_honored"] = any(r.get("probe", {}).get("pipelining_honored") for r in recs)
+        s["pipelining"] = next((r["probe"]["pipelining"] for r in recs if "pipelining" in r.get("probe", {})
+                                and not r["probe"]["pipelining_honored"]), None)  # fmt: skip
         for key in keys:
             runs = [r["modes"][key] for r in recs if key in r["modes"]]
+            skipped = [r["round"] for r in recs if key in r.get("skipped", {})]
+            if skipped and runs:  # answered pipelined requests in one round, not in another
+                s["problems"].append(f"{key}: skipped in round(s) {', '.join(str(x + 1) for x in skipped)}, "
+                                     f"{NOT_PIPELINING}")  # fmt: skip
             errors = {k: 0 for k in ERROR_KINDS}
             for run in runs:
                 if run.get("failed"):
@@ -388,6 +516,8 @@ def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) 
             ok_runs = [run for run in runs if not run.get("failed")]
             # wrk records no latency for a response slower than --timeout (it counts a "timeout" error)
             answered = [run for run in ok_runs if run["requests"] > run["timeout"]]
+            if key.startswith("pipelined"):
+                answered = []  # wrk's latency there is per batch of PIPELINE_DEPTH, not per request
             s[key] = {
                 "rps": statistics.median(run["rps"] for run in ok_runs) if ok_runs else None,
                 "rps_runs": [round(run["rps"], 1) for run in runs],
@@ -397,6 +527,7 @@ def summarize(records: list[dict[str, Any]], names: list[str], keys: list[str]) 
                                                                 if "cpu_us_per_request" in run]) else None,
                 "errors": errors,
                 "n_errors": sum(errors.values()),
+                "skipped": len(skipped),
             }
         summary[name] = s
     return summary
@@ -432,10 +563,10 @@ def evaluate_bars(summary: dict[str, Any], records: list[dict[str, Any]], levels
     out = []
     for (label, nums, den, bar_mode, threshold), connections in ((b, c) for c in levels for b in BARS):
         mode = case(bar_mode, connections)
-        present = [n for n in nums if n in summary and summary[n][mode]["rps"] is not None]
+        present = [n for n in nums if n in summary and summary[n].get(mode, {}).get("rps") is not None]
         row: dict[str, Any] = {"bar": label, "threshold": threshold, "mode": mode, "connections": connections,
                                "denominator": den}
-        if not present or den not in summary or summary[den][mode]["rps"] is None:
+        if not present or den not in summary or summary[den].get(mode, {}).get("rps") is None:
             row.update(verdict="SKIP", why="not measured in this run")
             out.append(row)
             continue
@@ -472,18 +603,23 @@ def fmt_errors(s: dict[str, Any], keys: list[str]) -> str:
 def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     a = meta["args"]
     levels = meta_levels(meta)
-    keys = cases(levels)
+    modes = meta_modes(meta)
+    keys = cases(levels, modes)
     first = levels[0]
+    depth = meta.get("pipeline_depth", PIPELINE_DEPTH)
+    ratio_columns = [col for col in RATIO_COLUMNS if col[2] in modes]
     lines = [
         (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{','.join(map(str, levels))} "
-         f"-d{a['duration']:g}s`, {a['rounds']} round(s), median; {meta['cpus']} CPUs"
+         f"-d{a['duration']:g}s`, {', '.join(modes)}"
+         f"{f' ({depth} requests per write)' if 'pipelined' in modes else ''}, {a['rounds']} round(s), "
+         f"median; {meta['cpus']} CPUs"
          f"{', servers pinned to the last CPU and wrk to the others' if a.get('pin') else ''}, load average "
          f"{meta['loadavg_start']} at start, {meta['loadavg_end']} at end. Only same-run ratios mean anything; "
          f"the ratio columns are at -c{first}."),
         "",
-        "| server | " + " | ".join(f"{k} req/s" for k in keys) + " | errors | "
-        + " | ".join(h for h, _, _ in RATIO_COLUMNS) + " |",
-        "|---|" + "---:|" * len(keys) + "---|" + "---:|" * len(RATIO_COLUMNS),
+        "| " + " | ".join(["server", *(f"{k} req/s" for k in keys), "errors", *(h for h, _, _ in ratio_columns)])
+        + " |",
+        "|---|" + "---:|" * len(keys) + "---|" + "---:|" * len(ratio_columns),
     ]  # fmt: skip
     for name, s in summary.items():
         cells = [name]
@@ -492,17 +628,29 @@ def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str
             cell = f"{rps:,.0f}" if rps is not None else "—"
             if key.startswith("keep-alive") and rps is not None and not s["keep_alive_honored"]:
                 cell += " ¹"
+            if s[key].get("skipped") and rps is None:
+                cell += " ²"
             cells.append(cell)
         cells.append(fmt_errors(s, keys))
-        for _, den, mode in RATIO_COLUMNS:
+        for _, den, mode in ratio_columns:
             r = ratio(summary, name, den, case(mode, first))
             cells.append(f"{r:.2f}x" if r is not None else "—")
         lines.append("| " + " | ".join(cells) + " |")
-    if any(not s["keep_alive_honored"] for s in summary.values()):
-        lines += ["", "¹ closes the connection after every response even when the client asks for keep-alive."]
+    notes = []
+    if any(not s["keep_alive_honored"] for s in summary.values()) and "keep-alive" in modes:
+        notes.append("¹ closes the connection after every response even when the client asks for keep-alive.")
+    why = {name: s.get("pipelining") for name, s in summary.items() if any(s[key].get("skipped") for key in keys)}
+    if why:
+        notes.append(f"² {NOT_PIPELINING}: 2 requests written at once do not get their 2 responses on the "
+                     "connection (checked by hand before the runs), so its pipelined runs were skipped; wrk "
+                     "would count one response per batch, or time out, not measure it ("
+                     + "; ".join(f"{name}: {w}" if w else name for name, w in why.items()) + ").")  # fmt: skip
+    if notes:
+        lines += ["", *notes]
     lines += ["", "Latency p50 / p99 in ms (wrk's), and the server's CPU time per request in µs (all its "
               "processes and threads, from /proc; steadier than req/s on a loaded machine), medians over rounds:",
-              "", "| server | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+              "", "| server | " + " | ".join(k + (" ³" if k.startswith("pipelined") else "") for k in keys) + " |",
+              "|---|" + "---:|" * len(keys)]  # fmt: skip
     for name, s in summary.items():
         cells = [name]
         for key in keys:
@@ -510,6 +658,10 @@ def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str
             cell = f"{p50:.1f} / {p99:.1f}" if p50 is not None and p99 is not None else "—"
             cells.append(cell + (f", {cpu:,.0f} µs" if cpu is not None else ""))
         lines.append("| " + " | ".join(cells) + " |")
+    if "pipelined" in modes:
+        lines += ["", f"³ no latency for the pipelined runs: wrk records one per batch of {depth} requests (from "
+                  f"writing them to reading the {depth}th response), not one per request; their req/s and CPU µs "
+                  "count every response."]  # fmt: skip
     lines += ["", "Bars (same-run ratios):"]
     for connections in levels:
         lines += ["", f"`-c{connections}`:", ""]
@@ -527,13 +679,20 @@ def meta_levels(meta: dict[str, Any]) -> list[int]:
     return list(a["levels"]) if "levels" in a else [int(a["connections"])]
 
 
+def meta_modes(meta: dict[str, Any]) -> list[str]:
+    """The modes of a run (a results file from before ``pipelined`` and ``--modes`` ran both of
+    OLD_MODES)."""
+    a = meta["args"]
+    return list(a["modes"]) if "modes" in a else list(OLD_MODES)
+
+
 def upgrade_records(records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Key an older results file's runs by case (it keyed them by mode at one -c level)."""
     if "levels" in meta["args"]:
         return
     connections = int(meta["args"]["connections"])
     for r in records:
-        r["modes"] = {case(k, connections) if k in MODES else k: v for k, v in r.get("modes", {}).items()}
+        r["modes"] = {case(k, connections) if k in OLD_MODES else k: v for k, v in r.get("modes", {}).items()}
 
 
 def plot(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
@@ -544,24 +703,34 @@ def plot(summary: dict[str, Any], meta: dict[str, Any], path: Path) -> None:
 
     names = list(summary)
     levels = meta_levels(meta)
+    modes = meta_modes(meta)
     a = meta["args"]
-    fig, axes = plt.subplots(len(levels), 1, figsize=(max(7, 1.1 * len(names) + 2), 4.8 * len(levels)),
-                             squeeze=False)  # fmt: skip
-    width = 0.38
-    colors = {"keep-alive": ("#1f77b4", "#9ecae1"), "close": ("#d62728", "#fcae91")}
+    fig, axes = plt.subplots(len(levels), 1, figsize=(max(7, (0.3 + 0.4 * len(modes)) * len(names) + 2),
+                                                      4.8 * len(levels)), squeeze=False)  # fmt: skip
+    width = 0.8 / len(modes)
+    colors = {"keep-alive": ("#1f77b4", "#9ecae1"), "close": ("#d62728", "#fcae91"),
+              "pipelined": ("#2ca02c", "#a1d99b")}  # fmt: skip
+    labels = {"pipelined": f"pipelined ({meta.get('pipeline_depth', PIPELINE_DEPTH)} per write)"}
+    vertical = len(modes) > 2  # the bars' labels, where three bars share a server's slot
     for ax, connections in zip(axes[:, 0], levels, strict=True):
-        for i, mode in enumerate(MODES):
+        ax.margins(y=0.15)  # room for the tallest bar's label
+        for i, mode in enumerate(modes):
             key = case(mode, connections)
-            xs = [j + (i - 0.5) * width for j in range(len(names))]
+            xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(names))]
             vals = [summary[n][key]["rps"] or 0 for n in names]
             cols = [colors[mode][0] if n.startswith("gearshift") else colors[mode][1] for n in names]
-            bars = ax.bar(xs, vals, width, color=cols, label=mode, edgecolor="black", linewidth=0.4)
+            bars = ax.bar(xs, vals, width, color=cols, label=labels.get(mode, mode), edgecolor="black",
+                          linewidth=0.4)  # fmt: skip
             for bar, n in zip(bars, names, strict=True):
-                label = f"{bar.get_height():,.0f}"
-                if summary[n][key]["n_errors"]:
+                s = summary[n][key]
+                label = f"{bar.get_height():,.0f}" if s["rps"] is not None else "—"
+                if s.get("skipped") and s["rps"] is None:
+                    label = "not pipelining" if vertical else "not\npipelining"
+                if s["n_errors"]:
                     label += "\n(errors)"
                 ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                            va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+                            va="bottom", fontsize=6 if vertical else 7, xytext=(0, 2),
+                            textcoords="offset points", rotation=90 if vertical else 0)  # fmt: skip
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_ylabel("requests / s (median)")
         ax.set_title(f"hello-world WSGI, wrk -t{a['threads']} -c{connections} -d{a['duration']:g}s, "
@@ -595,9 +764,10 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
     meta: dict[str, Any] = {
         "date": stamp, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"},
         "cpus": os.cpu_count(), "loadavg_start": loadavg(), "versions": versions(),
+        "pipeline_depth": PIPELINE_DEPTH,
     }  # fmt: skip
     records: list[dict[str, Any]] = []
-    est = len(names) * args.rounds * (len(cases(args.levels)) * (args.duration + args.warmup) + 2)
+    est = len(names) * args.rounds * (len(cases(args.levels, args.modes)) * (args.duration + args.warmup) + 2)
     print(f"bench_http: {len(names)} servers x {args.rounds} rounds, about {est / 60:.1f} min; logs in {logdir}",
           file=sys.stderr)  # fmt: skip
     busy = os.getloadavg()[0]
@@ -605,26 +775,22 @@ def run_benchmark(args: argparse.Namespace, names: list[str]) -> int:
         print(f"note: load average {busy:.2f} before the run: other work shares the CPUs, and a strategy that "
               "hands each request between threads loses far more req/s to it than one that does not (see "
               "benchmarks/README.md); compare the CPU µs per request too", file=sys.stderr)  # fmt: skip
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_LUA)
-        lua = Path(f.name)
-    try:
+    with wrk_scripts() as lua:
         run_order = sorted(names, key=_run_position)
         for rnd in range(args.rounds):
             order = run_order if rnd % 2 == 0 else list(reversed(run_order))
             for name in order:
                 rec = bench_one(name, rnd, args, lua, logdir)
                 records.append(rec)
-                got = ", ".join(f"{m} {rec['modes'][m]['rps']:,.0f}/s" for m in rec["modes"])
+                got = ", ".join([f"{m} {rec['modes'][m]['rps']:,.0f}/s" for m in rec["modes"]]
+                                + [f"{m} skipped" for m in rec.get("skipped", {})])  # fmt: skip
                 trouble = rec.get("failed") or rec.get("crashed") or ""
                 errs = sum(sum(r.get("errors", {}).values()) for r in rec["modes"].values())
                 print(f"  round {rnd + 1}/{args.rounds} {name:20s} {got}"
                       f"{f'  errors {errs}' if errs else ''}{f'  !! {trouble}' if trouble else ''}",
                       file=sys.stderr)  # fmt: skip
-    finally:
-        lua.unlink(missing_ok=True)
     meta["loadavg_end"] = loadavg()
-    summary = summarize(records, [n for n in http_servers.SERVERS if n in names], cases(args.levels))
+    summary = summarize(records, [n for n in http_servers.SERVERS if n in names], cases(args.levels, args.modes))
     bars = evaluate_bars(summary, records, args.levels)
     md = markdown(summary, bars, meta)
     print(md)
@@ -702,19 +868,20 @@ def run_profile(args: argparse.Namespace) -> int:
     port = free_port()
     proc = http_servers.SERVERS[name](port, log, python_args)
     _live.append(proc)
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_LUA)
-        lua = Path(f.name)
     try:
         wait_for_port(port, proc)
-        print(f"probe: {probe(port)}", file=sys.stderr)
         mode = args.profile_mode
-        res = run_wrk(port, mode, args.duration, args, lua, args.levels[0])
+        checked = probe(port, pipelining=mode == "pipelined")
+        print(f"probe: {checked}", file=sys.stderr)
+        if mode == "pipelined" and not checked.get("pipelining_honored"):
+            print(f"warning: {name} {NOT_PIPELINING} ({checked.get('pipelining')}): the profile is not of "
+                  "a pipelined load", file=sys.stderr)  # fmt: skip
+        with wrk_scripts() as lua:
+            res = run_wrk(port, mode, args.duration, args, lua, args.levels[0])
         errors = res.get("errors")
         print(f"{name} under {args.profiler}, {mode}: {res['rps']:,.0f} req/s, errors {errors}"
               f"{'  wrk FAILED: ' + res['failed'] if res.get('failed') else ''}")  # fmt: skip
     finally:
-        lua.unlink(missing_ok=True)
         code = http_servers.stop(proc, grace=30.0)
         _live.remove(proc)
         trouble = scan_log(log)
@@ -756,6 +923,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", default=DEFAULT_CONNECTIONS,
                    help=f"wrk -c, a comma list: the concurrency sweep (default {DEFAULT_CONNECTIONS}; the first "
                         "level is the main table's and --profile's)")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma list of wrk modes to run, of {', '.join(MODES)} (default all; pipelined: "
+                        f"{PIPELINE_DEPTH} requests per write, skipped for a server that does not answer "
+                        "pipelined requests)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over all servers; median (default 2)")
     p.add_argument("--warmup", type=float, default=1, help="warm-up seconds per server and mode (default 1)")
@@ -779,6 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         args.levels = parse_levels(str(args.connections))
+        args.modes = parse_modes(str(args.modes))
     except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
 
@@ -788,7 +960,7 @@ def main(argv: list[str] | None = None) -> int:
         upgrade_records(records, meta)
         levels = meta_levels(meta)
         ran = [n for n in http_servers.SERVERS if any(r["server"] == n for r in records)]
-        summary = summarize(records, ran, cases(levels))
+        summary = summarize(records, ran, cases(levels, meta_modes(meta)))
         print(markdown(summary, evaluate_bars(summary, records, levels), meta), end="")
         return 0
     baseline: list[str] = []
