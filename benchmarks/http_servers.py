@@ -124,6 +124,16 @@ def run_gearshift(strategy: str, port: int) -> None:
     if make_server is None:  # the top-level export may lag behind the http package
         from gearshift.http import make_server
     server = make_server(HOST, port, _app(), strategy=strategy, **GEARSHIFT_OPTIONS.get(strategy, {}))
+
+    def stop(signum, frame):  # type: ignore[no-untyped-def]
+        # shutdown(), not _on_term's SystemExit: under sync a signal mostly lands while the app
+        # runs, and the HTTP layer answers an app's SystemExit with a 500 and serves on.
+        if os.getpid() != _MAIN_PID:
+            os._exit(0)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         server.serve_forever()
     finally:
