@@ -541,7 +541,6 @@ def test_a_signal_delivered_to_another_thread_still_stops_serve_forever_promptly
     try:
         poker.start()
         server.serve_forever(poll_interval=3600)
-        stopped.set()
     finally:
         stopped.set()
         poker.join(HANG_GUARD)
