@@ -608,12 +608,14 @@ def markdown(summary: dict[str, Any], bars: list[dict[str, Any]], meta: dict[str
     first = levels[0]
     depth = meta.get("pipeline_depth", PIPELINE_DEPTH)
     ratio_columns = [col for col in RATIO_COLUMNS if col[2] in modes]
+    pool = f", {a['pool_threads']} threads per pool" if a.get("pool_threads") else ""
     lines = [
         (f"HTTP benchmark, {meta['date']}: `wrk -t{a['threads']} -c{','.join(map(str, levels))} "
          f"-d{a['duration']:g}s`, {', '.join(modes)}"
          f"{f' ({depth} requests per write)' if 'pipelined' in modes else ''}, {a['rounds']} round(s), "
          f"median; {meta['cpus']} CPUs"
-         f"{', servers pinned to the last CPU and wrk to the others' if a.get('pin') else ''}, load average "
+         f"{', servers pinned to the last CPU and wrk to the others' if a.get('pin') else ''}"
+         f"{pool}, load average "
          f"{meta['loadavg_start']} at start, {meta['loadavg_end']} at end. Only same-run ratios mean anything; "
          f"the ratio columns are at -c{first}."),
         "",
@@ -935,6 +937,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--no-latest", action="store_true", help=f"don't overwrite {LATEST_MD.name}")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="path to wrk")
+    p.add_argument("--pool-threads", type=int, metavar="N",
+                   help="threads of every fixed-pool server (gearshift-threadpool and prefork-threadpool, "
+                        "waitress, gunicorn-gthread*, handoff-floor; default 4, waitress' own): how each "
+                        "pays for more threads than the GIL can run (the server names keep their '1x4')")
     p.add_argument("--pin", action="store_true",
                    help="run every server on the last CPU and wrk on the others, so that the kernel does not "
                         "move a server's threads between cores (fair to one-process servers only; see "
@@ -980,6 +986,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.profiler == "pyinstrument" and importlib.util.find_spec("pyinstrument") is None:
         p.error("pyinstrument is not installed in this interpreter")
 
+    if args.pool_threads is not None:
+        if args.pool_threads < 1:
+            p.error(f"--pool-threads must be 1 or more, not {args.pool_threads}")
+        os.environ[http_servers.POOL_THREADS_ENV] = str(args.pool_threads)  # the servers' processes
+        http_servers.POOL_THREADS = args.pool_threads  # the command lines built here (gunicorn's)
     if args.pin:
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:

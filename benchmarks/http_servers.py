@@ -47,12 +47,13 @@ loop-floor            a reference: one thread, an epoll loop, a fixed ``Hello, W
                       environ, no application: the most an in-loop server (``sync``) can do here
 wsgi-floor            a reference: loop-floor's loop, but each request is parsed by httptools (the
                       parser gearshift uses), a minimal PEP 3333 environ is built, the WSGI app is
-                      called and its response written in one ``send``; no limits, no timeouts, no
-                      validation, no pipelining, no hand-back: the least a Python WSGI server in
+                      called, and the responses to one read are written in one ``send`` (one
+                      response, or a pipelined batch); no limits, no timeouts, no validation, no
+                      hand-back: the least a Python WSGI server in
                       one thread does per request, so ``gearshift-sync`` / ``wsgi-floor`` is how
                       much of a request's cost is gearshift's own
 handoff-floor         a reference: the same, but the loop hands each readable connection to one
-                      of 4 threads (a ``SimpleQueue``), which reads, answers and re-arms it in
+                      of ``POOL_THREADS`` threads (4; a ``SimpleQueue``), which reads, answers and re-arms it in
                       epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a thread pool, so
                       ``handoff-floor`` / ``loop-floor`` bounds what ``threadpool`` / ``sync`` can reach
 ====================  ==========================================================================
@@ -80,8 +81,11 @@ HOST = "127.0.0.1"
 #: CPUs the servers run on (bench_http.py --pin); None: wherever the kernel puts them
 SERVER_CPUS: set[int] | None = None
 DEFAULT_APP = "hello_app:app"
-#: threads of the fixed-pool servers (waitress' default): gearshift-threadpool and gunicorn-gthread*
-POOL_THREADS = 4
+#: The environment variable through which ``bench_http.py --pool-threads`` reaches the servers.
+POOL_THREADS_ENV = "GEARSHIFT_BENCH_POOL_THREADS"
+#: threads of the fixed-pool servers (waitress' default): gearshift-threadpool (also inside
+#: prefork), waitress, gunicorn-gthread* and handoff-floor
+POOL_THREADS = int(os.environ.get(POOL_THREADS_ENV, "4"))
 
 # ---------------------------------------------------------------------------------------------
 # In-process runners (used by this file's entry point, inside the server subprocess)
@@ -296,6 +300,7 @@ def run_wsgi_floor(port: int) -> None:
         def __init__(self, conn: socket.socket) -> None:
             self.conn, self.environ, self.open = conn, base.copy(), True
             self.parser = httptools.HttpRequestParser(self)
+            self.out: list[bytes] = []  # the responses to one read: written together
 
         def on_url(self, url: bytes) -> None:
             parsed = httptools.parse_url(url)
@@ -315,7 +320,7 @@ def run_wsgi_floor(port: int) -> None:
             status, headers = response
             keep = self.parser.should_keep_alive()
             head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-            self.conn.send(b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n%s" % (
+            self.out.append(b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n%s" % (
                 status.encode("latin-1"), head.encode("latin-1"), formatdate(usegmt=True).encode(),
                 b"" if keep else b"Connection: close\r\n", body))
             self.open = keep
@@ -324,19 +329,24 @@ def run_wsgi_floor(port: int) -> None:
     while True:
         for fd, _ in poller.poll():
             if fd == listener.fileno():
-                try:
-                    conn, _ = listener.accept()
-                except BlockingIOError:
-                    continue
-                conn.setblocking(False)
-                requests[conn.fileno()] = Request(conn)
-                poller.register(conn.fileno(), select.EPOLLIN)
+                while True:  # every connection waiting: 256 arriving at once are not served one per turn
+                    try:
+                        conn, _ = listener.accept()
+                    except BlockingIOError:
+                        break
+                    # Blocking: recv() runs only once epoll reports the connection readable,
+                    # and sendall() of a pipelined batch may have to wait for the client to read.
+                    conn.setblocking(True)
+                    requests[conn.fileno()] = Request(conn)
+                    poller.register(conn.fileno(), select.EPOLLIN)
                 continue
             request = requests[fd]
             try:
                 data = request.conn.recv(65536)
                 if data:
                     request.parser.feed_data(data)
+                    request.conn.sendall(b"".join(request.out))  # a pipelined batch: one write
+                    request.out.clear()
             except (BlockingIOError, InterruptedError):
                 continue
             except (OSError, httptools.HttpParserError):
