@@ -74,11 +74,14 @@ def test_connection_and_server_events(events: Events, strategy: str) -> None:
     assert events.events[0][1] is server and events.events[3][1] is server
 
 
-def test_a_plugin_registered_while_the_server_runs_sees_what_follows() -> None:
+def test_a_plugin_registered_while_the_server_runs_sees_what_follows(events: Events) -> None:
     server = Server(("127.0.0.1", 0), LineHandler, "threadpool")
     late = Events()
     with serve(server):
         assert ask(server.server_address, "echo before").startswith("before ")
+        # The client has its answer before the worker closes that connection: the plugin is
+        # registered once it has, or it would see the first connection's close.
+        assert events.closed.wait(HANG_GUARD)
         gearshift.register_plugin(late)
         try:
             assert ask(server.server_address, "echo after").startswith("after ")
