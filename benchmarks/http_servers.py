@@ -52,10 +52,16 @@ wsgi-floor            a reference: loop-floor's loop, but each request is parsed
                       hand-back: the least a Python WSGI server in
                       one thread does per request, so ``gearshift-sync`` / ``wsgi-floor`` is how
                       much of a request's cost is gearshift's own
-handoff-floor         a reference: the same, but the loop hands each readable connection to one
-                      of ``POOL_THREADS`` threads (4; a ``SimpleQueue``), which reads, answers and re-arms it in
-                      epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a thread pool, so
-                      ``handoff-floor`` / ``loop-floor`` bounds what ``threadpool`` / ``sync`` can reach
+handoff-floor         a reference: loop-floor, but the loop hands each readable connection to one
+                      of ``POOL_THREADS`` threads (4; a ``SimpleQueue``), which reads, answers and
+                      re-arms it in epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a
+                      thread pool, with almost no Python run in the threads
+wsgi-handoff-floor    a reference: wsgi-floor split as ``threadpool`` splits a request: the loop
+                      reads and parses, and once a read completes requests it hands the connection
+                      to one of ``POOL_THREADS`` threads (a ``SimpleQueue``), which calls the app,
+                      writes the responses and re-arms the connection (``EPOLLONESHOT``); so
+                      ``wsgi-handoff-floor`` / ``wsgi-floor`` bounds ``threadpool`` / ``sync``:
+                      what handing a request's Python to a thread costs under the GIL by itself
 ====================  ==========================================================================
 
 Every recipe serves ``hello_app:app`` unless given another ``module:callable`` of this folder
@@ -282,8 +288,20 @@ def run_loop_floor(port: int) -> None:
 
 
 def run_wsgi_floor(port: int) -> None:
+    _wsgi_floor(port, threads=0)
+
+
+def run_wsgi_handoff_floor(port: int) -> None:
+    _wsgi_floor(port, threads=POOL_THREADS)
+
+
+def _wsgi_floor(port: int, threads: int) -> None:
+    """wsgi-floor (``threads=0``: the app called in the loop's thread) and wsgi-handoff-floor (the
+    loop reads and parses, a pool of ``threads`` calls the app and writes, as in ``threadpool``)."""
     import io
+    import queue
     import select
+    import threading
     from email.utils import formatdate
 
     import httptools
@@ -291,16 +309,19 @@ def run_wsgi_floor(port: int) -> None:
     app = _app()
     listener, poller = _floor_listener(port)
     base = {"SERVER_NAME": HOST, "SERVER_PORT": str(port), "SCRIPT_NAME": "", "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": threads > 0,
             "wsgi.multiprocess": False, "wsgi.run_once": False}
+    # With a pool, a connection is re-armed only once its requests are answered, so that two
+    # threads never answer one connection's requests out of order.
+    watch = select.EPOLLIN | (select.EPOLLONESHOT if threads else 0)
 
     class Request:
-        """httptools callbacks: collect one request's environ; answer it when it is complete."""
+        """httptools callbacks: collect the environs of the requests one read completes."""
 
         def __init__(self, conn: socket.socket) -> None:
             self.conn, self.environ, self.open = conn, base.copy(), True
             self.parser = httptools.HttpRequestParser(self)
-            self.out: list[bytes] = []  # the responses to one read: written together
+            self.ready: list[tuple[dict[str, Any], bool]] = []  # (environ, keep-alive)
 
         def on_url(self, url: bytes) -> None:
             parsed = httptools.parse_url(url)
@@ -315,17 +336,51 @@ def run_wsgi_floor(port: int) -> None:
             environ["REQUEST_METHOD"] = self.parser.get_method().decode("latin-1")
             environ["SERVER_PROTOCOL"] = "HTTP/" + self.parser.get_http_version()
             environ["wsgi.input"] = io.BytesIO()
-            response: list[Any] = []
-            body = b"".join(app(environ, lambda status, headers, exc_info=None: response.extend((status, headers))))
-            status, headers = response
-            keep = self.parser.should_keep_alive()
-            head = "".join(f"{name}: {value}\r\n" for name, value in headers)
-            self.out.append(b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n%s" % (
-                status.encode("latin-1"), head.encode("latin-1"), formatdate(usegmt=True).encode(),
-                b"" if keep else b"Connection: close\r\n", body))
-            self.open = keep
+            self.ready.append((environ, self.parser.should_keep_alive()))
+
+        def answer(self) -> None:
+            """Call the app for each request of the last read; write the responses in one
+            ``sendall`` (a pipelined batch included)."""
+            out = []
+            for environ, keep in self.ready:
+                response: list[Any] = []
+                body = b"".join(app(environ, lambda *args, r=response: r.extend(args[:2])))  # status, headers
+                status, headers = response
+                head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+                out.append(b"HTTP/1.1 %s\r\n%sDate: %s\r\n%s\r\n%s" % (
+                    status.encode("latin-1"), head.encode("latin-1"), formatdate(usegmt=True).encode(),
+                    b"" if keep else b"Connection: close\r\n", body))
+                self.open = keep
+                if not keep:
+                    break
+            self.ready.clear()
+            try:
+                self.conn.sendall(b"".join(out))
+            except OSError:
+                self.open = False
 
     requests: dict[int, Request] = {}
+
+    def settle(fd: int, request: Request) -> None:
+        """After an answer, in whichever thread gave it: watch the connection again, or close it."""
+        if not request.open:
+            poller.unregister(fd)
+            requests.pop(fd, None)
+            request.conn.close()
+        elif threads:
+            poller.modify(fd, watch)
+
+    answers: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def work() -> None:
+        while True:
+            fd = answers.get()
+            request = requests[fd]
+            request.answer()
+            settle(fd, request)
+
+    for _ in range(threads):
+        threading.Thread(target=work, daemon=True).start()
     while True:
         for fd, _ in poller.poll():
             if fd == listener.fileno():
@@ -338,22 +393,28 @@ def run_wsgi_floor(port: int) -> None:
                     # and sendall() of a pipelined batch may have to wait for the client to read.
                     conn.setblocking(True)
                     requests[conn.fileno()] = Request(conn)
-                    poller.register(conn.fileno(), select.EPOLLIN)
+                    poller.register(conn.fileno(), watch)
                 continue
             request = requests[fd]
             try:
                 data = request.conn.recv(65536)
                 if data:
                     request.parser.feed_data(data)
-                    request.conn.sendall(b"".join(request.out))  # a pipelined batch: one write
-                    request.out.clear()
             except (BlockingIOError, InterruptedError):
-                continue
+                data = None
             except (OSError, httptools.HttpParserError):
                 data = b""
-            if not data or not request.open:
-                poller.unregister(fd)
-                requests.pop(fd).conn.close()
+            if not data:
+                request.open = data is None  # None: nothing to read after all; b"": closed or bad
+                request.ready.clear()
+                settle(fd, request)
+            elif not request.ready:  # a head in parts: wait for the rest
+                settle(fd, request)
+            elif threads:
+                answers.put(fd)
+            else:
+                request.answer()
+                settle(fd, request)
 
 
 def run_handoff_floor(port: int) -> None:
@@ -402,6 +463,7 @@ RUNNERS: dict[str, Callable[[int], None]] = {
     "loop-floor": run_loop_floor,
     "handoff-floor": run_handoff_floor,
     "wsgi-floor": run_wsgi_floor,
+    "wsgi-handoff-floor": run_wsgi_handoff_floor,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -526,6 +588,11 @@ def start_wsgi_floor(port: int, log_path: Path | None = None, python_args: Seque
     return _entry("wsgi-floor", port, log_path, python_args, app=app)
 
 
+def start_wsgi_handoff_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
+                     app: str = DEFAULT_APP) -> Popen:
+    return _entry("wsgi-handoff-floor", port, log_path, python_args, app=app)
+
+
 def start_handoff_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
                         app: str = DEFAULT_APP) -> Popen:
     return _entry("handoff-floor", port, log_path, python_args, app=app)
@@ -595,6 +662,7 @@ SERVERS: dict[str, Callable[..., subprocess.Popen]] = {
     "loop-floor": start_loop_floor,
     "handoff-floor": start_handoff_floor,
     "wsgi-floor": start_wsgi_floor,
+    "wsgi-handoff-floor": start_wsgi_handoff_floor,
 }
 
 #: the Python packages each server needs (for the setup check in bench_http.py)
@@ -617,6 +685,7 @@ REQUIRES: dict[str, str] = {
     "loop-floor": "gearshift",
     "handoff-floor": "gearshift",
     "wsgi-floor": "httptools",
+    "wsgi-handoff-floor": "httptools",
 }
 
 

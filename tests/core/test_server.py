@@ -4,9 +4,11 @@ back to the loop with resume_when_readable()."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import socketserver
@@ -515,6 +517,67 @@ def test_shutdown_and_server_close_from_a_signal_handler_stop_serve_forever_clea
         signal.signal(signal.SIGUSR1, previous)
         server.server_close()
     assert handled == [signal.SIGUSR1]
+
+
+def _close_from_a_signal_at_random(strategy: str, last: int) -> gearshift.Server:
+    """Serve a busy loop in this (main) thread with a SIGPROF every millisecond of CPU; the
+    ``last``-th signal's handler calls shutdown() and server_close(). Returns the server, after
+    serve_forever() has returned."""
+    server = gearshift.Server(LOCALHOST, LineHandler, strategy=strategy)
+    stop = threading.Event()
+    ticks = 0
+
+    def client() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                ask(server.server_address, "echo busy")
+
+    def on_tick(signum: int, frame: object) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == last:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            server.shutdown()
+            server.server_close()
+
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    signal.signal(signal.SIGPROF, on_tick)
+    signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        stop.set()
+        for thread in clients:
+            thread.join(HANG_GUARD)
+        server.server_close()
+    assert ticks >= last  # a signal already on its way when the timer stopped counts too
+    return server
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("strategy", ["sync", "threadpool"])
+def test_server_close_in_a_signal_handler_never_waits_for_a_lock_the_loop_holds(strategy: str) -> None:
+    """Python runs a signal handler between any two bytecodes of the main thread, so also while
+    the loop holds a lock (its own, around its idle deadlines; a strategy's): a server_close()
+    there must not wait for it, or it waits for ever. Trials of a busy loop signalled every
+    millisecond of CPU (SIGPROF: pytest-timeout owns SIGALRM) whose handler, at a random one of
+    the signals, calls shutdown() and server_close(); when that close took the loop's locks in
+    the handler, about one trial in fifty hung. A hang fails the test through its timeout."""
+    rng = random.Random(20261203)
+    deadline = time.monotonic() + 10
+    trials = 0
+    previous = signal.getsignal(signal.SIGPROF)
+    try:
+        while trials < 300 and time.monotonic() < deadline:
+            trials += 1
+            server = _close_from_a_signal_at_random(strategy, rng.randint(5, 40))
+            assert server.closing and server.socket.fileno() == -1  # closed as the loop returned
+    finally:
+        signal.signal(signal.SIGPROF, previous)
+    assert trials >= 50
 
 
 @pytest.mark.timeout(20)

@@ -151,6 +151,9 @@ class Server:
         #: and close the connection rather than wait for another on it.
         self.closing = False
         self._closed = False
+        # server_close() was called on the loop's thread while the loop ran: the loop closes
+        # the server as it returns (see server_close).
+        self._close_when_stopped = False
         self._closing_waker: Waker | None = None
         self._closing_waker_lock = threading.Lock()
         # The listener get_request() accepts from: the one the loop found readable.
@@ -249,8 +252,11 @@ class Server:
             self.strategy.serve(lambda: self._run_loop(poll_interval))
         finally:
             run.stop_requested = False
-            run.serving_thread = None
-            run.stopped.set()
+            try:
+                self._close_if_asked()
+            finally:
+                run.serving_thread = None
+                run.stopped.set()
 
     def shutdown(self) -> None:
         """Stop ``serve_forever()`` and wait until it has returned.
@@ -285,6 +291,7 @@ class Server:
                     return
         finally:
             self._leave_loop()
+            self._close_if_asked()
 
     def _run_loop(self, poll_interval: float) -> None:
         """The loop ``serve_forever()`` runs (through ``strategy.serve``), in this process."""
@@ -740,8 +747,28 @@ class Server:
         The listeners close first so the port is free at once and no new connection queues up
         behind a slow drain. How the drain waits is the strategy's (``block_on_close``); it waits
         at most ``graceful_timeout`` seconds when that is set.
+
+        Called on the loop's own thread while the loop runs (a ``SIGTERM`` handler after
+        ``shutdown()``, a ``sync`` handler), it sets ``closing``, stops the loop and returns;
+        the close itself happens as the loop returns, before ``serve_forever()`` or
+        ``handle_request()`` does.
         """
         if self._closed:
+            return
+        run = self._run
+        if run.loop_thread == threading.get_ident():
+            # On the loop's own thread while the loop runs: in a signal handler, or in a handler
+            # of a strategy that runs them in the loop (sync). A signal handler may have
+            # interrupted the loop inside a lock this close takes (the loop's, a strategy's):
+            # taking it here would wait for ever. So only what is safe anywhere happens now
+            # (handlers see `closing`, the loop stops); the loop closes the server as it
+            # returns, before serve_forever() or handle_request() does.
+            self._close_when_stopped = True
+            run.stop_requested = True
+            self.begin_closing()
+            loop = self._loop
+            if loop is not None:
+                loop.waker.wake()
             return
         self._closed = True
         if self._started_in == os.getpid() and OBSERVERS.server_stopping:
@@ -776,22 +803,22 @@ class Server:
             self._drain_outputs(unwritten, None if timeout is None else started + timeout)
             if timeout is not None:
                 timeout = max(0.0, started + timeout - time.monotonic())
-        run = self._run
-        if run.loop_thread == threading.get_ident():
-            # On the loop's own thread while it runs (a signal handler, a sync handler): the
-            # loop may be inside select() on this selector, so it stops and closes it itself.
-            run.stop_requested = True
         try:
             self.strategy.close(timeout)
         finally:
-            if run.loop_thread != threading.get_ident():
-                self._close_loop_if_closed()
+            self._close_loop_if_closed()
             # Drained: a handler still waiting (an abandoned thread) finds closing set, and
             # wait_readable() never polls a closed waker.
             with self._closing_waker_lock:
                 waker, self._closing_waker = self._closing_waker, None
             if waker is not None:
                 waker.close()
+
+    def _close_if_asked(self) -> None:
+        """As the loop returns: the close that server_close() left to it (see there)."""
+        if self._close_when_stopped:
+            self._close_when_stopped = False
+            self.server_close()
 
     def begin_closing(self) -> None:
         """Mark this process's server as closing, without closing anything: handlers finish the
