@@ -939,8 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="path to wrk")
     p.add_argument("--pool-threads", type=int, metavar="N",
                    help="threads of every fixed-pool server (gearshift-threadpool and prefork-threadpool, "
-                        "waitress, gunicorn-gthread*, handoff-floor; default 4, waitress' own): how each "
-                        "pays for more threads than the GIL can run (the server names keep their '1x4')")
+                        "waitress, gunicorn-gthread*, handoff-floor, wsgi-handoff-floor; default 4, waitress' "
+                        "own): how each pays for more threads than the GIL can run (the server names keep "
+                        "their '1x4')")
     p.add_argument("--pin", action="store_true",
                    help="run every server on the last CPU and wrk on the others, so that the kernel does not "
                         "move a server's threads between cores (fair to one-process servers only; see "

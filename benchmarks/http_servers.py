@@ -49,9 +49,9 @@ wsgi-floor            a reference: loop-floor's loop, but each request is parsed
                       parser gearshift uses), a minimal PEP 3333 environ is built, the WSGI app is
                       called, and the responses to one read are written in one ``send`` (one
                       response, or a pipelined batch); no limits, no timeouts, no validation, no
-                      hand-back: the least a Python WSGI server in
-                      one thread does per request, so ``gearshift-sync`` / ``wsgi-floor`` is how
-                      much of a request's cost is gearshift's own
+                      hand-back: the least a Python WSGI server in one thread does per request, so
+                      ``gearshift-sync`` / ``wsgi-floor`` is how much of a request's cost is
+                      gearshift's own
 handoff-floor         a reference: loop-floor, but the loop hands each readable connection to one
                       of ``POOL_THREADS`` threads (4; a ``SimpleQueue``), which reads, answers and
                       re-arms it in epoll itself (``EPOLLONESHOT``): the cheapest hand-off to a
@@ -90,7 +90,7 @@ DEFAULT_APP = "hello_app:app"
 #: The environment variable through which ``bench_http.py --pool-threads`` reaches the servers.
 POOL_THREADS_ENV = "GEARSHIFT_BENCH_POOL_THREADS"
 #: threads of the fixed-pool servers (waitress' default): gearshift-threadpool (also inside
-#: prefork), waitress, gunicorn-gthread* and handoff-floor
+#: prefork), waitress, gunicorn-gthread*, handoff-floor and wsgi-handoff-floor
 POOL_THREADS = int(os.environ.get(POOL_THREADS_ENV, "4"))
 
 # ---------------------------------------------------------------------------------------------
@@ -589,7 +589,7 @@ def start_wsgi_floor(port: int, log_path: Path | None = None, python_args: Seque
 
 
 def start_wsgi_handoff_floor(port: int, log_path: Path | None = None, python_args: Sequence[str] = (),
-                     app: str = DEFAULT_APP) -> Popen:
+                             app: str = DEFAULT_APP) -> Popen:
     return _entry("wsgi-handoff-floor", port, log_path, python_args, app=app)
 
 
