@@ -152,8 +152,11 @@ class GearshiftProcess:
     def __enter__(self) -> GearshiftProcess:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.kill()
+        if exc_type is not None:
+            # Captured by pytest and shown with the failure: what the server logged, up to then.
+            print(f"--- gearshift's stderr ---\n{self.stderr}")
 
 
 class _suppress_lookup:

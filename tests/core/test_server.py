@@ -472,6 +472,28 @@ def test_service_actions_runs_every_loop_turn():
             assert turns.acquire(timeout=HANG_GUARD)
 
 
+def test_a_strategy_s_service_interval_bounds_the_idle_wait_of_any_poll_interval():
+    turns = threading.Semaphore(0)
+
+    class Beating(gearshift.Strategy):
+        name = "beating-test"
+
+        def __init__(self, server):
+            super().__init__(server)
+            self.service_interval = 0.01
+
+        def process_request(self, request, client_address):
+            self.handle_connection(request, client_address)
+
+        def service_actions(self):
+            turns.release()
+
+    # A poll_interval the test would time out waiting for: the strategy's interval is what counts.
+    with serve(gearshift.Server(LOCALHOST, LineHandler, strategy=Beating), poll_interval=3600):
+        for _ in range(5):
+            assert turns.acquire(timeout=HANG_GUARD)
+
+
 def test_process_request_can_be_overridden():
     seen = []
 

@@ -62,8 +62,10 @@ server uses it:
     ``handle_overload``, never dropped unanswered, even when the server closes.
 
 ``service_actions()``
-    Called once per loop turn, at least every ``poll_interval`` seconds: reap finished workers,
-    end an overload burst (:meth:`OverloadLog.check`).
+    Called once per loop turn, at least every ``poll_interval`` seconds, or every
+    ``service_interval`` seconds if the strategy sets that lower: reap finished workers, end an
+    overload burst (:meth:`OverloadLog.check`), beat a heartbeat (a ``prefork`` worker, whose
+    beats must come well within its ``timeout`` whatever ``poll_interval`` the caller chose).
 
 ``close(timeout)``
     Called by ``server_close()`` after the listeners are closed and ``server.closing`` is set
@@ -71,7 +73,8 @@ server uses it:
     in-flight work finish (when the strategy's ``block_on_close`` says so), at most ``timeout``
     seconds if not None, then abandon or terminate what remains and log it. What is abandoned
     must not keep the process alive: a thread-based strategy runs its threads as daemon threads
-    (``threading.Thread(daemon=True)``) and joins them here itself, so that after the drain
+    (``threading.Thread(daemon=True)``) and joins them here itself (:func:`join_threads`, which
+    a second Ctrl+C interrupts), so that after the drain
     timeout the program exits whatever a stuck request does. Threads and processes are started
     in ``serve()`` or on first use, never in ``__init__`` (a ``prefork`` worker builds its
     strategy after the fork), and none is left running after a ``close()`` that drained in time.
@@ -108,9 +111,10 @@ import inspect
 import logging
 import socket
 import sys
+import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -162,6 +166,10 @@ class Strategy:
     #: The capabilities (names in :data:`CAPABILITIES`) this strategy does not have. The default
     #: claims them all, so that a strategy states what it gives up rather than what it offers.
     lacks: ClassVar[frozenset[str]] = frozenset()
+    #: At most this many seconds between two ``service_actions()`` calls while the loop waits,
+    #: whatever ``serve_forever(poll_interval)`` asked; None leaves it to ``poll_interval``.
+    #: Read when the loop starts.
+    service_interval: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -344,6 +352,32 @@ def flush_stdio() -> None:
         if stream is not None:
             with contextlib.suppress(Exception):  # a closed or broken stream: nothing to keep
                 stream.flush()
+
+
+#: The longest :func:`join_threads` waits for a thread in one piece.
+JOIN_SLICE = 0.2
+
+
+def join_threads(threads: Iterable[threading.Thread], timeout: float | None) -> list[threading.Thread]:
+    """Join ``threads``, at most ``timeout`` seconds in all (None: as long as they take), and
+    return those still running: a thread-based strategy's drain.
+
+    Why in slices: Python runs signal handlers only on the main thread, and a ``join()`` returns
+    early for a signal only if the kernel delivered it to the joining thread; Linux may give a
+    signal sent to the process to any thread that does not block it, such as one running the app.
+    One long ``join()`` would then hold a second Ctrl+C until the drain ends; a slice holds it at
+    most :data:`JOIN_SLICE`. (Blocking the signals in request threads instead would be inherited
+    by every subprocess the app starts from them.)
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    threads = list(threads)
+    for thread in threads:
+        while thread.is_alive():
+            left = JOIN_SLICE if deadline is None else min(JOIN_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                break
+            thread.join(left)
+    return [thread for thread in threads if thread.is_alive()]
 
 
 def bool_option(option: str, value: object) -> bool:

@@ -23,12 +23,11 @@ import itertools
 import logging
 import socket
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 
 from ..core.hookspecs import hookimpl
-from ..core.strategy import Address, OverloadLog, Strategy, bool_option, limit_option
+from ..core.strategy import Address, OverloadLog, Strategy, bool_option, join_threads, limit_option
 from ..settings import Setting
 
 log = logging.getLogger("gearshift")
@@ -109,11 +108,7 @@ class ThreadStrategy(Strategy):
         self._overload.check(final=True)
         if self.daemon_threads or not self.block_on_close:
             return
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pending = self._started_threads()
-        for thread in pending:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        left = [t for t in pending if t.is_alive()]
+        left = join_threads(self._started_threads(), timeout)
         if left:
             _JOINED_AT_EXIT.discard(self)
             log.warning(
@@ -140,8 +135,7 @@ def _join_at_exit() -> None:
     the daemon ones."""
     for strategy in list(_JOINED_AT_EXIT):
         if not strategy.daemon_threads:
-            for thread in strategy._started_threads():
-                thread.join()
+            join_threads(strategy._started_threads(), None)
 
 
 atexit.register(_join_at_exit)

@@ -30,11 +30,10 @@ import logging
 import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 
 from ..core.hookspecs import hookimpl
-from ..core.strategy import Address, OverloadLog, Strategy, limit_option, positive_int_option
+from ..core.strategy import Address, OverloadLog, Strategy, join_threads, limit_option, positive_int_option
 from ..settings import Setting
 
 log = logging.getLogger("gearshift")
@@ -140,10 +139,7 @@ class ThreadPoolStrategy(Strategy):
         self._overload.check(final=True)
         for _ in workers:
             self._queue.put(None)  # behind every queued request: those are served first
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in workers:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if not any(thread.is_alive() for thread in workers):
+        if not join_threads(workers, timeout):
             return
         unserved = self._take_queued()
         for _ in workers:
