@@ -472,18 +472,17 @@ def test_service_actions_runs_every_loop_turn():
             assert turns.acquire(timeout=HANG_GUARD)
 
 
-def test_a_strategy_s_service_interval_bounds_the_idle_wait_of_any_poll_interval():
+def test_a_strategy_s_service_within_bounds_the_idle_wait_of_any_poll_interval():
     turns = threading.Semaphore(0)
 
     class Beating(gearshift.Strategy):
         name = "beating-test"
 
-        def __init__(self, server):
-            super().__init__(server)
-            self.service_interval = 0.01
-
         def process_request(self, request, client_address):
             self.handle_connection(request, client_address)
+
+        def service_within(self):
+            return 0.01
 
         def service_actions(self):
             turns.release()

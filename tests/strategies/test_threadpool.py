@@ -11,6 +11,7 @@ import os
 import resource
 import signal
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +19,12 @@ from collections.abc import Iterator
 import pytest
 from cli_helpers import BackgroundRequest, GearshiftProcess, holding_a_connection
 from core_helpers import HANG_GUARD, ask, closed_by_peer, connect, serve, wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import gearshift
 from gearshift.core.strategy import OverloadLog
+from gearshift.strategies import threadpool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,6 +172,76 @@ def test_a_keep_alive_request_never_finds_its_own_thread_busy():
             connection.request("GET", "/")
             statuses.append(answer(connection)[0])
     assert statuses == [200] * 300
+
+
+def test_requests_queued_behind_waiting_ones_get_threads_because_the_interpreter_is_idle(monkeypatch):
+    # The pool wakes a thread for a queued request when the interpreter has room, or when the
+    # request has waited the switch interval: with the second rule out of reach, only the first
+    # can give each waiting request a thread.
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: 3600.0)
+    app = Gate()
+    server = pool_server(app, threads=4)
+    try:
+        with serve(server), clients(server.server_address[1], 4) as connections:
+            for connection in connections:
+                connection.request("GET", "/wait")
+            assert wait_for(lambda: app.inside == 4)
+            app.release.set()
+            assert [answer(connection)[0] for connection in connections] == [200] * 4
+    finally:
+        app.release.set()
+
+
+def test_a_request_queued_behind_a_cpu_bound_one_gets_a_thread_while_it_runs(monkeypatch):
+    # The other rule alone (the interpreter counted busy whatever it does, since another
+    # program may take this machine's cores): the oldest queued request gets a thread once it
+    # has waited the switch interval, so a spinning request cannot hold /quick up until it ends.
+    monkeypatch.setattr(threadpool, "BUSY", 0.0)
+    spinning, stop = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/spin":
+            spinning.set()
+            deadline = time.monotonic() + HANG_GUARD
+            while not stop.is_set() and time.monotonic() < deadline:
+                sum(range(1000))
+            spinning.clear()
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = gearshift.make_server("127.0.0.1", 0, app, strategy="threadpool", threads=2)
+    try:
+        with serve(server), clients(server.server_address[1], 2) as (spin, quick):
+            spin.request("GET", "/spin")
+            assert spinning.wait(HANG_GUARD)
+            quick.request("GET", "/quick")
+            assert answer(quick)[0] == 200
+            assert spinning.is_set()  # answered while /spin still ran
+            stop.set()
+            assert answer(spin)[0] == 200
+    finally:
+        stop.set()
+
+
+@settings(max_examples=12, deadline=None)
+@given(threads=st.integers(1, 4), waiting=st.integers(0, 6), quick=st.integers(0, 8))
+def test_every_request_of_a_burst_is_served_and_every_thread_ends_idle(threads, waiting, quick):
+    app = Gate()
+    server = pool_server(app, threads=threads)
+    strategy = server.strategy
+    try:
+        with serve(server), clients(server.server_address[1], waiting + quick) as connections:
+            for number, connection in enumerate(connections):
+                connection.request("GET", "/wait" if number < waiting else "/")
+            assert wait_for(lambda: app.inside == min(waiting, threads))
+            app.release.set()
+            assert [answer(connection)[0] for connection in connections] == [200] * (waiting + quick)
+            # The bookkeeping settles: nothing pending, every thread idle and none counted running.
+            assert wait_for(lambda: strategy.pending == 0 and len(strategy._idle) == threads
+                            and strategy._running == 0 and not strategy._queue)
+    finally:
+        app.release.set()
+    assert not workers()
 
 
 @pytest.fixture

@@ -297,11 +297,11 @@ class Server:
         """The loop ``serve_forever()`` runs (through ``strategy.serve``), in this process."""
         loop = self._enter_loop()
         run = self._run
-        interval = self.strategy.service_interval
-        wait = poll_interval if interval is None else min(poll_interval, interval)
+        strategy = self.strategy
         try:
             while not run.stop_requested:
-                self._run_turn(loop, wait)
+                soon = strategy.service_within()
+                self._run_turn(loop, poll_interval if soon is None else min(poll_interval, soon))
                 self.service_actions()
         finally:
             self._leave_loop()

@@ -62,10 +62,16 @@ server uses it:
     ``handle_overload``, never dropped unanswered, even when the server closes.
 
 ``service_actions()``
-    Called once per loop turn, at least every ``poll_interval`` seconds, or every
-    ``service_interval`` seconds if the strategy sets that lower: reap finished workers, end an
-    overload burst (:meth:`OverloadLog.check`), beat a heartbeat (a ``prefork`` worker, whose
-    beats must come well within its ``timeout`` whatever ``poll_interval`` the caller chose).
+    Called once per loop turn, at least every ``poll_interval`` seconds, or sooner if
+    ``service_within()`` asks: reap finished workers, end an overload burst
+    (:meth:`OverloadLog.check`), beat a heartbeat, wake a thread for a queued request.
+
+``service_within() -> float | None``
+    Called before each turn's wait: the most seconds the loop may wait before it calls
+    ``service_actions()`` again, whatever ``poll_interval`` the caller chose; None leaves it to
+    ``poll_interval`` (the default). A ``prefork`` worker's heartbeat must come well within its
+    ``timeout``; ``threadpool`` judges again soon whether a queued request should get a thread.
+    Called every turn: it must be cheap.
 
 ``close(timeout)``
     Called by ``server_close()`` after the listeners are closed and ``server.closing`` is set
@@ -166,10 +172,6 @@ class Strategy:
     #: The capabilities (names in :data:`CAPABILITIES`) this strategy does not have. The default
     #: claims them all, so that a strategy states what it gives up rather than what it offers.
     lacks: ClassVar[frozenset[str]] = frozenset()
-    #: At most this many seconds between two ``service_actions()`` calls while the loop waits,
-    #: whatever ``serve_forever(poll_interval)`` asked; None leaves it to ``poll_interval``.
-    #: Read when the loop starts.
-    service_interval: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -206,6 +208,11 @@ class Strategy:
 
     def service_actions(self) -> None:
         """Once per loop turn: reap finished workers. The default does nothing."""
+
+    def service_within(self) -> float | None:
+        """Before each turn's wait: call ``service_actions()`` again within this many seconds,
+        or None for ``poll_interval``. The default is None."""
+        return None
 
     def close(self, timeout: float | None = None) -> None:
         """Drain in-flight work for ``server_close()``. The default has nothing in flight."""

@@ -12,7 +12,7 @@ their own bound with ``SO_REUSEPORT``), and supervises them until ``server.shutd
   acts on it, and logs a line for each;
 - heartbeats are timestamps in an anonymous shared ``mmap`` (a slot per worker), written by the
   worker's *loop* thread at most every :data:`HEARTBEAT_EVERY` seconds from ``service_actions``,
-  which an idle loop runs at least every quarter of ``timeout`` (``service_interval``).
+  which an idle loop runs at least every quarter of ``timeout`` (``service_within``).
   No file, so no ``/tmp`` that must be a tmpfs. A worker whose heartbeat is older than
   ``timeout`` is dumped (SIGUSR2, on which the worker's ``faulthandler`` writes every thread's
   traceback to stderr) and killed (SIGKILL). Because the loop thread beats, a long request in a
@@ -681,10 +681,7 @@ class PreforkStrategy(Strategy):
                 self._request_limit = self.max_requests + random.randint(0, self.max_requests_jitter)
                 self.process_request = self._counted  # type: ignore[method-assign]
             self.service_actions = self._worker_service_actions  # type: ignore[method-assign]
-            # An idle loop beats once a turn: a quarter of timeout leaves three quarters for a
-            # loaded machine's delays, whatever poll_interval the caller chose.
-            if self.timeout is not None:
-                self.service_interval = self.timeout / 4
+            self.service_within = self._worker_service_within  # type: ignore[method-assign]
             self._install_worker_signals()
             self._beat(time.monotonic())
             self._report(_READY)
@@ -808,6 +805,15 @@ class PreforkStrategy(Strategy):
         if self._slots is not None:
             _SLOT.pack_into(self._slots, self._slot * _SLOT_SIZE, now)
         self._beat_at = now
+
+    def _worker_service_within(self) -> float | None:
+        # An idle loop beats once a turn: a quarter of timeout leaves three quarters for a
+        # loaded machine's delays, whatever poll_interval the caller chose.
+        inner = self.inner.service_within()
+        if self.timeout is None:
+            return inner
+        beat = self.timeout / 4
+        return beat if inner is None else min(beat, inner)
 
     def _worker_service_actions(self) -> None:
         now = time.monotonic()
