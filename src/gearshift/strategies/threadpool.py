@@ -159,7 +159,7 @@ class ThreadPoolStrategy(Strategy):
         """The idle threads to wake for what is queued (see the module docstring), counted as
         running; the caller holds ``_lock`` and releases them after it."""
         idle = self._idle
-        if not idle:
+        if not idle or not self._queue:  # service_actions() looked without the lock
             return []
         if not self._judging:
             return self._wake(len(self._queue))
