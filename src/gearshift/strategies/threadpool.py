@@ -21,9 +21,9 @@ and how long a client is willing to wait (about ``max_queue`` x the mean request
 
 A thread is woken for a queued request only when the interpreter has room for it. In one
 process the GIL runs one thread's Python at a time, so a second thread woken while the first
-keeps the interpreter busy only queues for the GIL, and every system call either makes then hands
-the GIL over (a futex wake-up and a context switch each): four CPU-bound threads serve fewer
-requests than one. So the loop wakes an idle thread when no thread is running, or when the
+keeps the interpreter busy only queues for the GIL, and at every system call one of them makes
+the GIL passes to the other (a futex wake-up and a context switch each): four CPU-bound threads
+serve fewer requests than one. So the loop wakes an idle thread when no thread is running, or when the
 process has used less than :data:`BUSY` of a core over the last :data:`WINDOW` seconds (the
 running requests are waiting, on a database or an upstream: the reason for a pool), or when the
 oldest queued request has waited the interpreter's switch interval (``sys.getswitchinterval()``,
@@ -31,8 +31,8 @@ oldest queued request has waited the interpreter's switch interval (``sys.getswi
 CPU-bound request cannot hold the others up for longer. While requests wait for a thread, the
 loop turns at least every :data:`WINDOW` to judge again, so a request queued behind one that
 then waits on I/O waits about that long for a thread of its own. A thread that finishes a
-request takes the next queued one itself. Idle threads are woken most
-recently idle first (a stack), so that a light load keeps using the same few.
+request takes the next queued one itself. Idle threads are woken most recently idle first (a
+stack), so that a light load keeps using the same few.
 
 Workers are daemon threads, started once (by ``serve()``, or by the first request under
 ``handle_request()``) and joined by ``close()``; a request still running after the drain
