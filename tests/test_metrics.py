@@ -372,3 +372,19 @@ def test_prefork_counts_across_workers_and_keeps_a_dead_workers_counts(tmp_path:
         assert port_is_free("127.0.0.1", metrics_port)
         assert os.listdir(private_tmp) == []  # the multiprocess directory is removed
         assert "Traceback" not in master.stderr
+
+
+def test_a_scrape_skips_a_file_a_process_has_created_and_not_sized_yet(tmp_path: Path) -> None:
+    # prometheus_client creates a process's file empty and sizes it an instant later; its own
+    # collector fails on the file in between, which answered a scrape 500 during a worker's start.
+    import struct
+
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from gearshift.metrics import _ProcessFiles
+
+    empty = tmp_path / "counter_4242.db"
+    empty.touch()
+    with pytest.raises(struct.error):
+        MultiProcessCollector.merge([str(empty)], accumulate=True)
+    assert list(_ProcessFiles(str(tmp_path)).collect()) == []

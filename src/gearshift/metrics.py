@@ -174,7 +174,6 @@ class Metrics:
         if self.multiprocess and self._dir is None:
             self._dir = os.environ[MULTIPROC_DIR]
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         self._registry: CollectorRegistry = CollectorRegistry()
         # In multiprocess mode the values are read back from the files, not from these objects.
@@ -191,7 +190,7 @@ class Metrics:
         self._series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         if self.multiprocess:
             assert self._dir is not None
-            MultiProcessCollector(self._registry, path=self._dir)  # type: ignore[no-untyped-call]
+            self._registry.register(_ProcessFiles(self._dir))
         self._registry.register(_StrategyLoad(self.server))
         self._generate = prometheus_client.generate_latest
         self._content_type = prometheus_client.CONTENT_TYPE_LATEST
@@ -343,6 +342,32 @@ class _LoadPublisher:
                 time.sleep(PUBLISH_EVERY)
         except Exception:
             log.exception("metrics: cannot publish the load of worker %d; its gauges stop here", os.getpid())
+
+
+class _ProcessFiles:
+    """prometheus_client's ``MultiProcessCollector``, except for the files no process has
+    written yet: a process creates its file empty and sizes it an instant later, and reading it
+    in between raises ``struct.error``, which would answer that scrape 500."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for name in os.listdir(self.path):
+            path = os.path.join(self.path, name)
+            if name.endswith(".db") and _size(path):
+                files.append(path)
+        return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-any-return,no-untyped-call]
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # removed since it was listed: a dead process's gauges
+        return 0
 
 
 class _StrategyLoad:
