@@ -621,8 +621,13 @@ def _serve_and_close(config: dict[str, Any], record: _RecordFile) -> None:
                  len(set(children_of(os.getpid())) - before.children))
     strategy = server.strategy
     stopping: list[bool] = []  # not an Event: a signal handler must not take its lock
+    kit_pid = os.getpid()
 
     def shutdown(signum: int, frame: object) -> None:
+        if os.getpid() != kit_pid:
+            # A worker process that inherited this handler (prefork passes USR1 on to its
+            # workers, for their log files): the stop is the master's to make, not the worker's.
+            return
         stopping.append(True)
         server.shutdown()
 
