@@ -377,7 +377,8 @@ class StrategyContract:
             yield server
             server.begin_stop()
             assert server.finish_stop(), (
-                f"the server did not stop: shutdown() or server_close() did not return\n{server.stderr()}"
+                f"the server did not stop: shutdown() or server_close() did not return\n"
+                f"what it recorded:\n{server.record.text()}\nits output:\n{server.stderr()}"
             )
         finally:
             server.kill()
@@ -486,12 +487,14 @@ class _Record:
         self.path = path
         self._alive = alive
 
-    def lines(self) -> list[list[str]]:
+    def text(self) -> str:
         try:
-            text = self.path.read_text()
+            return self.path.read_text()
         except FileNotFoundError:
-            return []
-        return [line.split(" ") for line in text.splitlines() if line]
+            return ""
+
+    def lines(self) -> list[list[str]]:
+        return [line.split(" ") for line in self.text().splitlines() if line]
 
     def wait_for(self, event: str, timeout: float = HANG_GUARD) -> list[str] | None:
         """The fields of the first ``event`` line, waiting for it at most ``timeout`` seconds

@@ -418,6 +418,54 @@ def test_usr1_reopens_the_access_log_in_every_worker(tmp_path: Path) -> None:
         stop_cleanly(master, address)
 
 
+USR1_THE_INSTANT_AFTER = textwrap.dedent('''
+    import _signal, os, signal, socketserver, sys
+    import gearshift
+
+    server = gearshift.Server(("127.0.0.1", 0), socketserver.BaseRequestHandler, strategy="prefork",
+                              workers=1, worker_strategy="sync")
+    master, reached, landed = os.getpid(), [], []
+
+    def stop(signum, frame):  # what the conformance kit's server does on USR1
+        if os.getpid() == master:
+            reached.append(signum)
+            server.shutdown()
+
+    def give_up(signum, frame):
+        print("the USR1 never reached the handler prefork chains to", flush=True)
+        server.shutdown()
+
+    def land_a_usr1(frame, event, arg):
+        # The instant after prefork has replaced our USR1 handler with its own.
+        if event == "c_return" and arg is _signal.signal and signal.getsignal(signal.SIGUSR1) is not stop:
+            sys.setprofile(None)
+            landed.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    signal.signal(signal.SIGUSR1, stop)
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm({deadline})
+    sys.setprofile(land_a_usr1)
+    server.serve_forever(0.05)
+    signal.alarm(0)
+    server.server_close()
+    print(f"landed {{len(landed)}}, reached {{len(reached)}}", flush=True)
+''')
+
+
+def test_a_usr1_landing_while_the_master_installs_its_handlers_reaches_the_one_it_chains() -> None:
+    # The conformance kit stops its server on USR1, sent as soon as the server is ready, and
+    # prefork's master passes USR1 on to the handler it replaced: one that lands between the
+    # two steps of installing must not be swallowed (the master then served on for ever).
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", USR1_THE_INSTANT_AFTER.format(deadline=int(DEADLINE))],
+                          env=clean_env(), capture_output=True, text=True, timeout=3 * DEADLINE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "landed 1, reached 1", done.stdout + done.stderr
+
+
 def test_reuse_port_workers_listen_on_sockets_of_their_own(tmp_path: Path) -> None:
     with prefork(tmp_path, "--reuse-port") as master:
         address = master.address()

@@ -275,11 +275,14 @@ class PreforkStrategy(Strategy):
             log.debug("prefork: not in the main thread; HUP, TTIN, TTOU and USR1 are not handled")
             return previous
         previous[-1] = signal.set_wakeup_fd(self._wake[1], warn_on_full_buffer=False)
+        usr1 = getattr(signal, "SIGUSR1", None)
+        # Known before our handler is installed: a USR1 that lands the instant after must reach
+        # the handler it chains to (the conformance kit's stop, the command's log reopening).
+        self._chained_usr1 = None if usr1 is None else signal.getsignal(usr1)
         for name in _MASTER_SIGNALS:
             signum = getattr(signal, name, None)
             if signum is not None:
                 previous[signum] = signal.signal(signum, self._record_signal)
-        self._chained_usr1 = previous.get(getattr(signal, "SIGUSR1", -2))
         return previous
 
     def _record_signal(self, signum: int, frame: Any) -> None:
@@ -331,6 +334,8 @@ class PreforkStrategy(Strategy):
             self._retire(worker, "one worker fewer (SIGTTOU)", now)
         missing = self._target - len(current)
         while missing > 0 and now >= self._next_spawn and len(self._workers) < MAX_WORKERS:
+            if self._stop:
+                break  # shutdown() came during the last fork, from a signal handler: start no more
             self._spawn(run_loop, now)
             missing -= 1
             if self._boot_failures:
