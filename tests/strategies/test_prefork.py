@@ -12,6 +12,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -457,9 +459,6 @@ def test_a_usr1_landing_while_the_master_installs_its_handlers_reaches_the_one_i
     # The conformance kit stops its server on USR1, sent as soon as the server is ready, and
     # prefork's master passes USR1 on to the handler it replaced: one that lands between the
     # two steps of installing must not be swallowed (the master then served on for ever).
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", USR1_THE_INSTANT_AFTER.format(deadline=int(DEADLINE))],
                           env=clean_env(), capture_output=True, text=True, timeout=3 * DEADLINE)
     assert done.returncode == 0, done.stderr
