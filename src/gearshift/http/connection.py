@@ -709,10 +709,10 @@ class ReadAheadConnection(Connection):
             raise
 
     def _serve_ready(self) -> None:
+        # The loop dispatched the connection because read_ahead() found a request ready (or an
+        # error to answer): nothing to read or check again before the first one.
         parser = self.parser
-        responded = False
-        while self.read_ahead(responded):
-            responded = True
+        while True:
             pending = parser.requests
             if not (pending and self._servable(pending[0])):
                 # Ready for an error: answer it (the requests before it were served above).
@@ -738,6 +738,8 @@ class ReadAheadConnection(Connection):
             if not reusable:
                 return
             self.served += 1
+            if not self.read_ahead(responded=True):
+                return
 
 
 def _pending(sock: socket.socket) -> bool:
