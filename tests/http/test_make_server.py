@@ -6,6 +6,7 @@ the fork strategy itself tells users not to do.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import socket
 import threading
@@ -158,6 +159,42 @@ def test_sync_interleaves_keep_alive_clients():
         finally:
             a.close()
             b.close()
+
+
+def _fetch_and_close(port: int) -> bytes:
+    """One ``Connection: close`` request; returns once the server has closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize("strategy", ["sync", "threadpool"])
+def test_a_closed_connection_leaves_nothing_for_the_garbage_collector(strategy):
+    # What a connection holds (its parser and llhttp's, its requests and their headers) is freed
+    # by reference counting as it closes. A reference cycle per connection would keep all of it
+    # until the next collection, and make every collection walk it.
+    with gearshift.make_server("127.0.0.1", 0, hello, strategy=strategy) as server, serving(server):
+        port = server.server_address[1]
+        assert _fetch_and_close(port).startswith(b"HTTP/1.1 200 ")  # first-request work is done
+        enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds unreachable, to look at
+        try:
+            for _ in range(10):
+                assert _fetch_and_close(port).startswith(b"HTTP/1.1 200 ")
+            gc.collect()
+            left = sorted({type(o).__qualname__ for o in gc.garbage
+                           if type(o).__module__.startswith(("gearshift", "httptools"))})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            if enabled:
+                gc.enable()
+    assert left == []
 
 
 def test_server_close_closes_idle_connections_and_drains_requests():

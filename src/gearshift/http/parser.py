@@ -10,8 +10,8 @@ How the work is split
 * **llhttp parses the header section.** Each head's bytes are given to llhttp as they arrive;
   llhttp validates the field syntax (token names, no whitespace before the colon, no CTLs, no
   obs-fold, CRLF only) and the syntax of ``Content-Length``/``Transfer-Encoding``, and reports
-  each field to ``_on_header``; the rules above its syntax are enforced there and in
-  ``_on_headers_complete``.
+  each field to a :class:`_HeadFields`, which notes the fields the rules below concern; the
+  parser enforces those rules once llhttp has taken the whole head (``_head_complete``).
 * **The request line is parsed here**, with one regex, before llhttp sees it: llhttp knows a
   fixed list of methods only (any token is a method here; llhttp is shown ``GET`` in place of
   one it does not know, which does not change how a request is framed), and it reports an
@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from types import SimpleNamespace
 from typing import Final
 
 import httptools
@@ -270,6 +269,38 @@ class Request:
         )
 
 
+class _HeadFields:
+    """What llhttp reports while it parses a head: its fields.
+
+    llhttp calls back into this object, never into the parser: the parser holds llhttp and
+    llhttp holds this, so nothing refers back to the parser, and a closed connection's parser is
+    freed at once by reference counting instead of waiting, with everything it holds, for the
+    cyclic garbage collector (one such cycle per connection, with ``Connection: close``).
+    """
+
+    __slots__ = ("headers", "special")
+
+    # httptools looks the callbacks up by name, once per llhttp parser: the unused ones are
+    # None, so that each look-up finds an attribute. The end of the head needs no callback:
+    # llhttp is given exactly the head's bytes, and takes them all only if the head is whole
+    # and valid (it raises otherwise).
+    on_message_begin = on_url = on_headers_complete = on_body = on_message_complete = None
+    on_chunk_header = on_chunk_complete = None
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.headers = headers  # the request's
+        self.special: list[tuple[int, bytes]] = []  # (kind, value) of the head's fields in _SPECIAL
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value, not after it
+        self.headers.append((name, value))
+        kind = _KIND.get(name)
+        if kind is None:
+            kind = _SPECIAL.get(name.lower())
+        if kind:
+            self.special.append((kind, value))
+
+
 class RequestParser:
     """Incremental HTTP/1.1 request parser (see the module docstring for the rules).
 
@@ -286,14 +317,12 @@ class RequestParser:
         "_max_headers",
         "_max_header_block",
         "_max_body",
-        "_callbacks",
+        "_fields_seen",
         "_ll",
         "_state",
         "_error",
         "refused_head",
         "_request",
-        "_headers",
-        "_special",
         "_buf",
         "_tail",
         "_line",
@@ -310,28 +339,15 @@ class RequestParser:
         self._max_headers = limits.max_headers
         self._max_header_block = limits.max_header_block
         self._max_body = limits.max_body_size
-        # httptools looks the callbacks up by name on the object it is given, once per llhttp
-        # parser; the unused ones are None (present, so that each look-up is quick).
-        self._callbacks = SimpleNamespace(
-            on_message_begin=None,
-            on_url=None,
-            on_header=self._on_header,
-            on_headers_complete=self._on_headers_complete,
-            on_body=None,
-            on_message_complete=None,
-            on_chunk_header=None,
-            on_chunk_complete=None,
-        )
-        self._ll = httptools.HttpRequestParser(self._callbacks)
+        # The request whose head or body is being parsed, or the last one (before the first
+        # request line: a placeholder that is never delivered).
+        self._request = Request("", b"", b"", b"", "1.1")
+        self._fields_seen = _HeadFields(self._request.headers)
+        self._ll = httptools.HttpRequestParser(self._fields_seen)
         self._state: str = _State.REQUEST_LINE
         self._error: HTTPError | None = None
         #: After an error: the start of the request refused (its request line), for the access log.
         self.refused_head: bytes | None = None
-        # The request whose head or body is being parsed, or the last one (before the first
-        # request line: a placeholder that is never delivered).
-        self._request = Request("", b"", b"", b"", "1.1")
-        self._headers = self._request.headers  # the request's, for the callback
-        self._special: list[tuple[int, bytes]] = []  # (kind, value) of the head's fields in _SPECIAL
         self._buf = bytearray()  # a partial request line, chunk-size line or trailer line
         self._tail = b""  # the last (up to 3) bytes of the head so far, to find its end across feeds
         self._line = 0  # bytes of the unfinished header line so far
@@ -483,8 +499,9 @@ class RequestParser:
             self._ll_feed(b"GET")
             skip = len(method)
         self._request = request = Request(name, target, path, query, _VERSIONS[version])
-        self._headers = request.headers
-        self._special = []
+        fields = self._fields_seen
+        fields.headers = request.headers
+        fields.special = []
         self._tail = b"\r\n"
         self._line = self._fields = self._block = 0
         self._state = _State.HEADERS
@@ -515,8 +532,7 @@ class RequestParser:
         self._count_fields(data, pos, end + 2)  # the empty line ending the head is not counted
         stop = end + 4
         self._ll_feed(data if ll_start == 0 and stop == n else data[ll_start:stop])
-        if self._state is _State.HEADERS:  # pragma: no cover - llhttp and this framing disagree
-            raise HTTPError(400, "malformed request head")
+        self._head_complete()
         return stop
 
     def _count_fields(self, data: bytes, pos: int, stop: int) -> None:
@@ -553,22 +569,12 @@ class RequestParser:
         except HttpParserUpgrade:
             # llhttp ends the message after the head of an Upgrade request, the rest being
             # another protocol. This server does not upgrade: the next head goes to a fresh llhttp.
-            self._ll = httptools.HttpRequestParser(self._callbacks)
+            self._ll = httptools.HttpRequestParser(self._fields_seen)
         except HttpParserError as exc:
             raise _error_from(exc) from None
 
-    # -- llhttp callbacks ----------------------------------------------------------------------
-
-    def _on_header(self, name: bytes, value: bytes) -> None:
-        value = value.rstrip(b" \t")  # llhttp strips the whitespace before a value, not after it
-        self._headers.append((name, value))
-        kind = _KIND.get(name)
-        if kind is None:
-            kind = _SPECIAL.get(name.lower())
-        if kind:
-            self._special.append((kind, value))
-
-    def _on_headers_complete(self) -> None:
+    def _head_complete(self) -> None:
+        """llhttp has taken the whole head: apply the rules above its syntax, and start the body."""
         request = self._request
         hosts = 0
         host = b""
@@ -576,7 +582,7 @@ class RequestParser:
         codings: list[bytes] | None = None
         close = keep = False
         singles = 0
-        for kind, value in self._special:
+        for kind, value in self._fields_seen.special:
             if kind >= _SINGLE_H:
                 bit = 1 << kind
                 if singles & bit:
@@ -650,7 +656,7 @@ class RequestParser:
         self.requests.append(request)
         if self._remaining or request.chunked:
             # llhttp now waits for the body, which is decoded here: the next head goes to a fresh llhttp.
-            self._ll = httptools.HttpRequestParser(self._callbacks)
+            self._ll = httptools.HttpRequestParser(self._fields_seen)
         else:
             self._end_message()
 
@@ -794,10 +800,8 @@ def _diagnose_request_line(line: bytes) -> HTTPError:
 
 
 def _error_from(exc: HttpParserError) -> HTTPError:
-    """The HTTPError for an httptools error: ours if a callback raised it, else a 400."""
-    cause = exc.__context__
-    if isinstance(cause, HTTPError):
-        return cause
+    """The HTTPError for an llhttp error: a 400 (the callbacks, :class:`_HeadFields`'s, raise
+    nothing of their own)."""
     # llhttp's reasons are fixed ASCII strings; be careful anyway, they go into a response.
     text = str(exc.args[0]) if exc.args else ""
     if not text or not text.isascii() or not text.isprintable() or len(text) > 100:
