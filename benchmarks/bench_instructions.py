@@ -3,7 +3,7 @@ load does not move.
 
     benchmarks/.venv/bin/python benchmarks/bench_instructions.py
     benchmarks/.venv/bin/python benchmarks/bench_instructions.py --only gearshift-sync,wsgi-floor --requests 2000
-    benchmarks/.venv/bin/python benchmarks/bench_instructions.py --baseline /tmp/base/src   # + baseline-* twins
+    benchmarks/.venv/bin/python benchmarks/bench_instructions.py --baseline /tmp/base   # + baseline-* twins
 
 req/s on this machine move by a fifth from one run to the next (other sessions share its two
 cores), so a change to the request path worth a few per cent cannot be told from the noise by
@@ -136,8 +136,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000,
                         help="requests counted per server and mode (default 2000)")
     parser.add_argument("--modes", default="keep-alive,close", help="keep-alive, close or both (default both)")
-    parser.add_argument("--baseline", type=Path, metavar="SRC",
-                        help="also count baseline-sync/-threadpool: gearshift imported from SRC (a checkout's src/)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="also count the baseline-* twins: gearshift imported from DIR/src (a checkout of another "
+                             "commit, e.g. `git worktree add /tmp/base HEAD~1`), as bench_http.py's --baseline")
     args = parser.parse_args()
     names = args.only.split(",")
     unknown = [n for n in names if n not in IN_PROCESS]
@@ -149,9 +150,10 @@ def main() -> int:
         parser.error("--modes: keep-alive, close, or both")
     envs: dict[str, dict[str, str] | None] = dict.fromkeys(names)
     if args.baseline is not None:
-        if not (args.baseline / "gearshift").is_dir():
-            parser.error(f"--baseline {args.baseline}: no gearshift package there (give a checkout's src/)")
-        path = os.pathsep.join(filter(None, [str(args.baseline.resolve()), os.environ.get("PYTHONPATH")]))
+        src = args.baseline / "src"
+        if not (src / "gearshift" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no src/gearshift/__init__.py there")
+        path = os.pathsep.join(filter(None, [str(src.resolve()), os.environ.get("PYTHONPATH")]))
         for name in [n for n in names if n.startswith("gearshift-")]:
             envs["baseline-" + name.removeprefix("gearshift-")] = {**os.environ, "PYTHONPATH": path}
     print(f"instructions per request (callgrind), {args.requests} requests after {WARM_UP} to warm up; "
