@@ -275,7 +275,8 @@ class _HeadFields:
     llhttp calls back into this object, never into the parser: the parser holds llhttp and
     llhttp holds this, so nothing refers back to the parser, and a closed connection's parser is
     freed at once by reference counting instead of waiting, with everything it holds, for the
-    cyclic garbage collector (one such cycle per connection, with ``Connection: close``).
+    cyclic garbage collector (one such cycle per connection: one per request, with
+    ``Connection: close``).
     """
 
     __slots__ = ("headers", "special")
