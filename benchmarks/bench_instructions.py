@@ -91,11 +91,13 @@ def load(port: int, requests: int, mode: str) -> None:
             sock.close()
 
 
-def total_instructions(dump: Path) -> int:
+def total_instructions(dump: Path) -> int | None:
+    """The dump's instruction total; None while callgrind is still writing it (the totals come
+    last)."""
     for line in dump.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
-    raise ValueError(f"no totals in {dump}")
+    return None
 
 
 def count(name: str, requests: int, mode: str, env: dict[str, str] | None) -> float:
@@ -117,15 +119,13 @@ def count(name: str, requests: int, mode: str, env: dict[str, str] | None) -> fl
             subprocess.run(["callgrind_control", "--zero", str(proc.pid)], capture_output=True, check=True)
             load(port, requests, mode)
             subprocess.run(["callgrind_control", "--dump", str(proc.pid)], capture_output=True, check=True)
-            for _ in range(100):  # the dump is written by the server's own thread, as it runs
+            for _ in range(300):  # the dump is written by the server's own thread, as it runs
                 dumps = sorted(Path(tmp).glob("callgrind.out.*.1"))
-                if dumps and dumps[0].stat().st_size:
-                    break
+                total = total_instructions(dumps[0]) if dumps else None
+                if total is not None:
+                    return total / requests
                 time.sleep(0.1)
-            else:
-                raise RuntimeError(f"{name}: callgrind wrote no dump")
-            time.sleep(0.5)  # let it finish the file
-            return total_instructions(dumps[0]) / requests
+            raise RuntimeError(f"{name}: callgrind wrote no complete dump within 30 s")
         finally:
             http_servers.stop(proc, grace=30.0)
 
